@@ -1,0 +1,109 @@
+"""A Hugging Face checkpoint directory, read lazily: one tensor at a time, never the whole model.
+
+`Checkpoint.take(name, shape)` hands out each tensor once, asserting its shape; `finish()` then
+checks that every tensor was either taken or explicitly ignored, so a misnamed or forgotten
+weight is an error, not a silently random model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.safetensors_file import SafetensorsFile, bf16_to_f32
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A tensor not yet read: its shape, and how to produce it as float32 when needed."""
+    name: str
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
+    load_rows: Callable[[int, int], np.ndarray] | None = None   # rows [a, b) without reading the rest
+
+    def map(self, fn: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...], name: str | None = None) -> "Lazy":
+        return Lazy(name or self.name, tuple(shape), lambda: fn(self.load()))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.load_rows(start, stop) if self.load_rows else self.load()[start:stop]
+
+
+def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
+    return bf16_to_f32(np.asarray(a)) if dtype == "BF16" else np.asarray(a, dtype=np.float32)
+
+
+class Checkpoint:
+    def __init__(self, directory: str):
+        self.dir = os.fspath(directory)
+        if not os.path.isdir(self.dir):
+            raise Gemma3nError(f"{self.dir}: checkpoint directory not found")
+        cfg_path = os.path.join(self.dir, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise Gemma3nError(f"{self.dir}: no config.json (is this a Hugging Face checkpoint directory?)")
+        try:
+            with open(cfg_path) as f:
+                self.config: dict = json.load(f)
+        except json.JSONDecodeError as e:
+            raise Gemma3nError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        self.files: dict[str, SafetensorsFile] = {}
+        self.where: dict[str, str] = {}
+        for fname in self._shard_names():
+            st = SafetensorsFile(os.path.join(self.dir, fname))
+            self.files[fname] = st
+            for name in st.tensors:
+                self.where[name] = fname
+        self.used: set[str] = set()
+        self.ignored: set[str] = set()
+
+    def _shard_names(self) -> list[str]:
+        index = os.path.join(self.dir, "model.safetensors.index.json")
+        if os.path.isfile(index):
+            with open(index) as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+            for n in names:
+                if not os.path.isfile(os.path.join(self.dir, n)):
+                    raise Gemma3nError(f"{index}: names shard {n}, which is missing")
+            return names
+        names = sorted(n for n in os.listdir(self.dir) if re.fullmatch(r"model.*\.safetensors", n))
+        if not names:
+            raise Gemma3nError(f"{self.dir}: no model*.safetensors files")
+        return names
+
+    def has(self, name: str) -> bool:
+        return name in self.where
+
+    def info(self, name: str):
+        if name not in self.where:
+            raise Gemma3nError(f"checkpoint {self.dir}: missing tensor {name}")
+        return self.files[self.where[name]].tensors[name]
+
+    def take(self, name: str, shape: tuple[int, ...]) -> Lazy:
+        """Claim tensor `name` (exactly once), checking its shape; it is read only when loaded."""
+        info = self.info(name)
+        if tuple(info.shape) != tuple(shape):
+            raise Gemma3nError(f"checkpoint {self.dir}: tensor {name} has shape {list(info.shape)}, expected {list(shape)}")
+        if name in self.used:
+            raise AssertionError(f"tensor {name} used twice by the exporter")
+        self.used.add(name)
+        st = self.files[self.where[name]]
+        return Lazy(name, tuple(shape), lambda: to_f32(st.array(name), info.dtype),
+                    lambda a, b: to_f32(st.array(name)[a:b], info.dtype))
+
+    def dtype(self, name: str) -> str:
+        return self.info(name).dtype
+
+    def ignore(self, pattern: str) -> None:
+        """Mark every tensor whose name matches the regular expression as deliberately unused."""
+        rx = re.compile(pattern)
+        self.ignored.update(n for n in self.where if rx.fullmatch(n))
+
+    def finish(self) -> None:
+        left = sorted(set(self.where) - self.used - self.ignored)
+        if left:
+            more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
+            raise Gemma3nError(f"checkpoint {self.dir}: unexpected tensors {', '.join(left[:5])}{more}")

@@ -1,0 +1,136 @@
+"""Checkpoint -> bundle: the whole export, written to a temporary directory and renamed at the end,
+so an interrupted export never leaves a bundle that loads."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from tqdm import tqdm
+
+from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, sha256_file
+from gemma3n_rt.errors import Gemma3nError
+from .checkpoint import Checkpoint
+from .hf_config import parse_gemma3n
+from .quantize import quantize_graph
+from .text_decoder import DecoderBuilder, SlicePlan, take_text_weights
+from .writer import WeightStore, write_graph, write_row_table
+
+QUANT_MODES = ("int4", "int8", "fp32")
+TABLE_DTYPES = ("int8", "fp16", "fp32")
+
+
+def full_slice_name(num_layers: int) -> str:
+    return {35: "E4B", 30: "E2B"}.get(num_layers, "full")
+
+
+def effective_params(weights: dict, plan: SlicePlan) -> int:
+    """Decoder parameters without the two embedding tables (Google's "effective" count)."""
+    total = 0
+    for key, lazy in weights.items():
+        if key in ("embed_tokens", "embed_tokens_per_layer"):
+            continue
+        if key.startswith("layers.") and int(key.split(".")[1]) not in plan.layers:
+            continue
+        n = 1
+        for d in lazy.shape:
+            n *= d
+        total += n
+    return total
+
+
+def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int = 32,
+           force: bool = False, show_progress: bool = True) -> dict:
+    if quant not in QUANT_MODES:
+        raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
+    if tables not in TABLE_DTYPES:
+        raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
+        raise Gemma3nError(f"{out_dir}: already exists and is not empty (use --force to replace it)")
+    ckpt = Checkpoint(checkpoint_dir)
+    tokenizer = os.path.join(ckpt.dir, "tokenizer.model")
+    if not os.path.isfile(tokenizer):
+        raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
+    src = parse_gemma3n(ckpt.config, ckpt)
+    weights = take_text_weights(ckpt, src)
+    ckpt.finish()
+
+    plan = SlicePlan(full_slice_name(src.num_layers), tuple(range(src.num_layers)), src.intermediate_sizes)
+    builder = DecoderBuilder(src, weights, plan)
+    graph = builder.build()
+    quantize_graph(graph, quant, block_size)
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "text"))
+    try:
+        started = time.time()
+        vocab, ple = weights["embed_tokens"], weights["embed_tokens_per_layer"]
+        with tqdm(total=vocab.shape[0] + ple.shape[0], unit="rows", desc="row tables", disable=not show_progress) as bar:
+            write_row_table(os.path.join(tmp, "text/embed.safetensors"), vocab, 1, tables, progress=bar)
+            write_row_table(os.path.join(tmp, "text/ple.safetensors"), ple, src.num_layers, tables, progress=bar)
+        graph_file = f"text/decoder.{plan.name}.onnx"
+        store = WeightStore(os.path.join(tmp, "text/weights.bin"))
+        total = sum(4 * _numel(w.shape) for w in graph.weights.values())
+        with tqdm(total=total, unit="B", unit_scale=True, desc="decoder", disable=not show_progress) as bar:
+            weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
+        store.close()
+        shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
+
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "source": {"architecture": "gemma3n", "checkpoint": os.path.basename(os.path.normpath(ckpt.dir)),
+                       "dtype": src.embed_dtype},
+            "text_config": _jsonable(src.text_config().__dict__),
+            "quantization": {"decoder": quant, "block_size": block_size if quant != "fp32" else None,
+                             "tables": tables},
+            "tokenizer": "tokenizer.model",
+            "row_tables": {"embed": "text/embed.safetensors", "ple": "text/ple.safetensors"},
+            "slices": [{
+                "name": plan.name, "graph": graph_file, "layers": list(plan.layers),
+                "ffn_widths": list(plan.ffn_widths),
+                "caches": [{"type": c.type, "source_layer": c.source_layer} for c in builder.caches],
+                "effective_params": effective_params(weights, plan), "weight_bytes": weight_bytes,
+            }],
+        }
+        manifest["files"] = {rel: {"size": os.path.getsize(os.path.join(tmp, rel)), "sha256": sha256_file(os.path.join(tmp, rel))}
+                             for rel in sorted(_files(tmp))}
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest["seconds"] = round(time.time() - started, 2)
+    return manifest
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _files(root: str) -> list[str]:
+    return [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]
+
+
+def _replace_dir(tmp: str, out_dir: str) -> None:
+    """Move the finished bundle into place; an old bundle is removed only after the new one is there."""
+    if not os.path.exists(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    old = out_dir + f".old-{os.getpid()}"
+    os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,300 @@
+"""Graph builder for the Gemma 3n text decoder (one graph per MatFormer slice).
+
+Inputs: the token embeddings (already scaled and merged), the token part of the per-layer inputs
+(PLE rows x sqrt(256)), positions and the KV caches; outputs: the softcapped logits of the last
+position and the new K/V of this chunk. Op order and names follow transformers' Gemma3n
+(see gemma3n-spec.md §1); shape comments use T = tokens in the chunk, S = past + T.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gemma3n_rt.config import FULL, SLIDING, CacheSpec
+from .checkpoint import Checkpoint, Lazy
+from .hf_config import Gemma3nSource
+from .onnx_graph import FLOAT, INT64, Graph
+
+NEG_INF = float(np.finfo(np.float32).min)
+# Φ⁻¹(0.95) as float32, the gaussian top-k cutoff of the sparse layers (transformers computes it the same way).
+STD_MULTIPLIER = {0.95: 1.6448535919189453}
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    name: str
+    layers: tuple[int, ...]        # original indices kept
+    ffn_widths: tuple[int, ...]    # per kept layer
+
+
+def take_text_weights(ckpt: Checkpoint, src: Gemma3nSource) -> dict[str, Lazy]:
+    """Claim every text tensor with its expected shape; ignore towers and unused shared-layer K/V."""
+    D, P, L, N = src.hidden_size, src.hidden_size_per_layer_input, src.num_layers, src.altup_num_inputs
+    H, KV, Dh, R = src.num_attention_heads, src.num_kv_heads, src.head_dim, src.laurel_rank
+    shapes = {
+        "embed_tokens": (src.vocab_size, D),
+        "embed_tokens_per_layer": (src.vocab_size_per_layer_input, L * P),
+        "per_layer_model_projection": (L * P, D),
+        "per_layer_projection_norm": (P,),
+        "norm": (D,),
+        **{f"altup_projections.{k}": (D, D) for k in range(N - 1)},
+        **{f"altup_unembed_projections.{k}": (D, D) for k in range(N - 1)},
+    }
+    kv_source = src.kv_source()
+    for i in range(L):
+        I = src.intermediate_sizes[i]
+        layer = {
+            "self_attn.q_proj": (H * Dh, D), "self_attn.o_proj": (D, H * Dh), "self_attn.q_norm": (Dh,),
+            "mlp.gate_proj": (I, D), "mlp.up_proj": (I, D), "mlp.down_proj": (D, I),
+            "input_layernorm": (D,), "post_attention_layernorm": (D,),
+            "pre_feedforward_layernorm": (D,), "post_feedforward_layernorm": (D,),
+            "altup.correct_output_scale": (D,), "altup.correction_coefs": (N, N),
+            "altup.prediction_coefs": (N * N, N), "altup.modality_router": (N, D), "altup.router_norm": (D,),
+            "laurel.linear_left": (R, D), "laurel.linear_right": (D, R), "laurel.post_laurel_norm": (D,),
+            "per_layer_input_gate": (P, D), "per_layer_projection": (D, P), "post_per_layer_input_norm": (D,),
+        }
+        if kv_source[i] == i:
+            layer.update({"self_attn.k_proj": (KV * Dh, D), "self_attn.v_proj": (KV * Dh, D), "self_attn.k_norm": (Dh,)})
+        else:  # the checkpoint still holds K/V weights for KV-shared layers; they are never used
+            ckpt.ignore(rf"{src.prefix}layers\.{i}\.self_attn\.(k_proj|v_proj|k_norm)\.weight")
+        shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
+    weights = {}
+    for key, shape in shapes.items():
+        suffix = "" if key.endswith("correct_output_scale") else ".weight"
+        weights[key] = ckpt.take(src.prefix + key + suffix, shape)
+    ckpt.ignore(r"(model\.)?(vision_tower|audio_tower|embed_vision|embed_audio)\..*")
+    ckpt.ignore(r"lm_head\.weight")  # tied to embed_tokens
+    return weights
+
+
+def cache_table(src: Gemma3nSource, plan: SlicePlan) -> tuple[list[CacheSpec], dict[int, int]]:
+    """The KV caches a slice needs, and for each kept layer the cache it attends over.
+
+    KV sharing follows the slice: a kept layer past the shared boundary reads the cache of the
+    last kept unshared layer of its type (types come from original indices).
+    """
+    kv_source = src.kv_source()
+    caches: list[CacheSpec] = []
+    index: dict[int, int] = {}
+    for layer in plan.layers:
+        source = kv_source[layer]
+        if source not in plan.layers:
+            raise ValueError(f"slice {plan.name}: layer {layer} shares K/V with skipped layer {source}")
+        if source == layer:
+            index[layer] = len(caches)
+            caches.append(CacheSpec(src.layer_types[layer], layer))
+        else:
+            index[layer] = index[source]
+    return caches, index
+
+
+class DecoderBuilder:
+    def __init__(self, src: Gemma3nSource, weights: dict[str, Lazy], plan: SlicePlan):
+        self.src, self.w, self.plan = src, weights, plan
+        self.g = Graph(f"gemma3n_decoder_{plan.name}")
+        self.caches, self.cache_of = cache_table(src, plan)
+
+    # -- small pieces -------------------------------------------------------------------------
+    def weight(self, key: str) -> str:
+        return self.g.weight(key, self.w[key])
+
+    def linear(self, x: str, key: str) -> str:
+        return self.g.linear(x, self.w[key], key)
+
+    def mean_last(self, x: str) -> str:
+        return self.g.op("ReduceMean", x, self.g.const([-1], np.int64), keepdims=1)
+
+    def rms_norm(self, x: str, key: str | None) -> str:
+        g = self.g
+        ms = self.mean_last(g.op("Pow", x, g.const(2.0)))
+        y = g.op("Div", x, g.op("Sqrt", g.op("Add", ms, g.const(self.src.rms_norm_eps))))
+        return g.op("Mul", y, self.weight(key)) if key else y
+
+    def rms_rescale(self, x: str, target_rms: str) -> str:
+        """x scaled to the given RMS; the mean square is clamped at 1e-5 as in the reference."""
+        g = self.g
+        ms = g.op("Max", self.mean_last(g.op("Pow", x, g.const(2.0))), g.const(1e-5))
+        return g.op("Div", g.op("Mul", x, target_rms), g.op("Sqrt", ms))
+
+    def rms(self, x: str) -> str:
+        return self.g.op("Sqrt", self.mean_last(self.g.op("Pow", x, self.g.const(2.0))))
+
+    def stream(self, H: str, k: int) -> str:
+        return self.g.op("Gather", H, self.g.const(k, np.int64), axis=1)  # [T, N, D] -> [T, D]
+
+    # -- the graph ----------------------------------------------------------------------------
+    def build(self) -> Graph:
+        g, src = self.g, self.src
+        Ls, P, D, N = len(self.plan.layers), src.hidden_size_per_layer_input, src.hidden_size, src.altup_num_inputs
+        x = g.input("inputs_embeds", FLOAT, ["T", D])
+        ple_tokens = g.input("per_layer_tokens", FLOAT, ["T", Ls, P])
+        positions = g.input("positions", INT64, ["T"])
+        past = []
+        for c, cache in enumerate(self.caches):
+            shape = [f"past_{cache.type}", src.num_kv_heads, src.head_dim]
+            past.append((g.input(f"past_key.{c}", FLOAT, shape), g.input(f"past_value.{c}", FLOAT, shape)))
+
+        with g.scope("per_layer_inputs"):
+            per_layer = self.per_layer_inputs(x, ple_tokens)
+        with g.scope("rope"):
+            rope = {t: self.rope(positions, src.rope_theta[t]) for t in (SLIDING, FULL)}
+        with g.scope("mask"):
+            masks = self.masks(positions, past)
+        with g.scope("altup_init"):
+            target = self.rms(x)
+            streams = [x] + [self.rms_rescale(self.linear(x, f"altup_projections.{k}"), target) for k in range(N - 1)]
+            H = g.op("Concat", *[g.op("Unsqueeze", s, g.const([1], np.int64)) for s in streams], axis=1)  # [T, N, D]
+
+        kv: dict[int, tuple[str, str]] = {}   # cache index -> (K [KV, Dh, S], V [KV, S, Dh])
+        for j, layer in enumerate(self.plan.layers):
+            with g.scope(f"layers.{layer}"):
+                pli = g.op("Gather", per_layer, g.const(j, np.int64), axis=1)  # [T, P]
+                H = self.layer(H, layer, j, pli, rope, masks, past, kv)
+
+        with g.scope("final"):
+            last = g.op("Slice", H, g.const([-1], np.int64), g.const([2**62], np.int64), g.const([0], np.int64))
+            h0 = self.stream(last, 0)
+            target = self.rms(h0)
+            outs = [h0] + [self.rms_rescale(self.linear(self.stream(last, k), f"altup_unembed_projections.{k - 1}"), target)
+                           for k in range(1, N)]
+            h = g.op("Div", g.op("Sum", *outs), g.const(float(N)))
+            h = self.rms_norm(h, "norm")
+            logits = self.g.linear(h, self.w["embed_tokens"], "lm_head")   # tied to the embedding
+            cap = src.final_logit_softcapping
+            if cap:
+                logits = g.op("Mul", g.op("Tanh", g.op("Div", logits, g.const(cap))), g.const(cap))
+            logits = g.op("Reshape", logits, g.const([src.vocab_size], np.int64))
+        g.output(logits, "logits", FLOAT, [src.vocab_size])
+        return g
+
+    def per_layer_inputs(self, x: str, ple_tokens: str) -> str:
+        """(RMSNorm(x @ W_plp.T * D^-0.5) + PLE token rows) * 2^-0.5, for the kept layers: [T, Ls, P]."""
+        g, src, P = self.g, self.src, self.src.hidden_size_per_layer_input
+        keep = np.concatenate([np.arange(l * P, (l + 1) * P) for l in self.plan.layers])
+        full = self.w["per_layer_model_projection"]
+        w = full if len(keep) == full.shape[0] else full.map(lambda a: a[keep], (len(keep), full.shape[1]),
+                                                              name=f"per_layer_model_projection.{self.plan.name}")
+        proj = g.linear(x, w, w.name if w is not full else "per_layer_model_projection")
+        proj = g.op("Mul", proj, g.const(src.hidden_size ** -0.5))
+        proj = g.op("Reshape", proj, g.const([0, len(self.plan.layers), P], np.int64))
+        proj = self.rms_norm(proj, "per_layer_projection_norm")
+        return g.op("Mul", g.op("Add", proj, ple_tokens), g.const(1 / math.sqrt(2.0)))
+
+    def rope(self, positions: str, theta: float) -> tuple[str, str]:
+        g, Dh = self.g, self.src.head_dim
+        inv_freq = 1.0 / (theta ** (np.arange(0, Dh, 2, dtype=np.int64).astype(np.float32) / Dh))
+        freqs = g.op("Mul", g.op("Unsqueeze", g.op("Cast", positions, to=FLOAT), g.const([1], np.int64)),
+                     g.const(inv_freq.astype(np.float32)))                           # [T, Dh/2]
+        emb = g.op("Unsqueeze", g.op("Concat", freqs, freqs, axis=-1), g.const([1], np.int64))  # [T, 1, Dh]
+        return g.op("Cos", emb), g.op("Sin", emb)
+
+    def masks(self, positions: str, past) -> dict[str, str]:
+        """Additive masks [T, S] per layer type. Cached keys hold contiguous positions that end
+        just before positions[0], so key j of S has position positions[0] - past_len + j."""
+        g, out = self.g, {}
+        q = g.op("Unsqueeze", positions, g.const([1], np.int64))                           # [T, 1]
+        first = g.op("Slice", positions, g.const([0], np.int64), g.const([1], np.int64))   # [1]
+        t = g.op("Shape", positions)
+        for kind in (SLIDING, FULL):
+            c = next((i for i, cache in enumerate(self.caches) if cache.type == kind), None)
+            if c is None:
+                continue
+            p = g.op("Shape", past[c][0], start=0, end=1)
+            start = g.op("Sub", first, p)
+            k = g.op("Add", g.op("Range", g.const(0, np.int64), g.op("Squeeze", g.op("Add", p, t)), g.const(1, np.int64)),
+                     start)                                                                # [S]
+            k = g.op("Unsqueeze", k, g.const([0], np.int64))                               # [1, S]
+            ok = g.op("LessOrEqual", k, q)
+            if kind == SLIDING:
+                ok = g.op("And", ok, g.op("Greater", k, g.op("Sub", q, g.const(self.src.sliding_window, np.int64))))
+            out[kind] = g.op("Where", ok, g.const(0.0), g.const(NEG_INF))
+        return out
+
+    def apply_rope(self, x: str, cos: str, sin: str) -> str:
+        g, half = self.g, self.src.head_dim // 2
+        x1, x2 = g.op("Split", x, g.const([half, half], np.int64), axis=-1, outputs=2)
+        rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+        return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+
+    def attention(self, x: str, layer: int, rope, masks, past, kv) -> str:
+        g, src = self.g, self.src
+        H, KV, Dh = src.num_attention_heads, src.num_kv_heads, src.head_dim
+        kind = src.layer_types[layer]
+        cos, sin = rope[kind]
+        p = f"layers.{layer}.self_attn."
+        q = g.op("Reshape", self.linear(x, p + "q_proj"), g.const([0, H, Dh], np.int64))
+        q = self.apply_rope(self.rms_norm(q, p + "q_norm"), cos, sin)                      # [T, H, Dh]
+        c = self.cache_of[layer]
+        if self.caches[c].source_layer == layer:
+            k = g.op("Reshape", self.linear(x, p + "k_proj"), g.const([0, KV, Dh], np.int64))
+            k = self.apply_rope(self.rms_norm(k, p + "k_norm"), cos, sin)                  # [T, KV, Dh]
+            v = self.rms_norm(g.op("Reshape", self.linear(x, p + "v_proj"), g.const([0, KV, Dh], np.int64)), None)
+            g.output(k, f"new_key.{c}", FLOAT, ["T", KV, Dh])
+            g.output(v, f"new_value.{c}", FLOAT, ["T", KV, Dh])
+            unsq = g.const([1], np.int64)
+            keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0]), unsq)
+            values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2]), unsq)
+            kv[c] = (keys, values)                                                          # [KV,1,Dh,S], [KV,1,S,Dh]
+        keys, values = kv[c]
+        # Query heads grouped by the KV head they read: head h uses KV head h // (H / KV).
+        group = H // KV
+        qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, group, Dh], np.int64)), perm=[1, 2, 0, 3])
+        scores = g.op("MatMul", qg, keys)                                                   # [KV, G, T, S], scale 1.0
+        probs = g.op("Softmax", g.op("Add", scores, masks[kind]), axis=-1)
+        out = g.op("MatMul", probs, values)                                                 # [KV, G, T, Dh]
+        out = g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
+        return self.linear(out, p + "o_proj")
+
+    def mlp(self, x: str, layer: int, width: int) -> str:
+        g, p = self.g, f"layers.{layer}.mlp."
+        full_width = self.src.intermediate_sizes[layer]
+        if width == full_width:
+            gate, up = self.linear(x, p + "gate_proj"), self.linear(x, p + "up_proj")
+            down = self.w[p + "down_proj"]
+        else:
+            raise NotImplementedError("FFN width slicing")
+        sparsity = self.src.activation_sparsity[layer]
+        if sparsity > 0:
+            mean = self.mean_last(gate)
+            std = g.op("Sqrt", self.mean_last(g.op("Pow", g.op("Sub", gate, mean), g.const(2.0))))
+            cutoff = g.op("Add", mean, g.op("Mul", std, g.const(STD_MULTIPLIER[sparsity])))
+            gate = g.op("Relu", g.op("Sub", gate, cutoff))
+        h = g.op("Mul", g.op("Gelu", gate, approximate="tanh"), up)
+        return self.g.linear(h, down, p + "down_proj")
+
+    def router(self, x: str, p: str) -> str:
+        g = self.g
+        r = g.op("Mul", self.rms_norm(x, p + "router_norm"), g.const(1.0 / self.src.hidden_size))
+        return g.op("Tanh", self.linear(r, p + "modality_router"))                         # [T, N]
+
+    def layer(self, H: str, layer: int, j: int, pli: str, rope, masks, past, kv) -> str:
+        g, src, N = self.g, self.src, self.src.altup_num_inputs
+        p = f"layers.{layer}."
+        with g.scope("altup_predict"):
+            coefs = self.linear(self.router(self.stream(H, 0), p + "altup."), p + "altup.prediction_coefs")
+            coefs = g.op("Reshape", coefs, g.const([0, N, N], np.int64))                  # [T, N, N], C[i][j]
+            pred = g.op("Add", g.op("MatMul", coefs, H), H)                                 # [T, N, D]
+        active = self.stream(pred, 0)
+        x = self.rms_norm(active, p + "input_layernorm")
+        with g.scope("laurel"):
+            lr = self.linear(self.linear(x, p + "laurel.linear_left"), p + "laurel.linear_right")
+            lr = g.op("Add", x, self.rms_norm(lr, p + "laurel.post_laurel_norm"))
+        with g.scope("attn"):
+            att = self.rms_norm(self.attention(x, layer, rope, masks, past, kv), p + "post_attention_layernorm")
+        y = g.op("Div", g.op("Add", g.op("Add", active, att), lr), g.const(math.sqrt(2.0)))
+        with g.scope("mlp"):
+            f = self.mlp(self.rms_norm(y, p + "pre_feedforward_layernorm"), layer, self.plan.ffn_widths[j])
+            out = g.op("Add", y, self.rms_norm(f, p + "post_feedforward_layernorm"))
+        with g.scope("altup_correct"):
+            c = g.op("Add", self.linear(self.router(out, p + "altup."), p + "altup.correction_coefs"), g.const(1.0))
+            innovation = g.op("Sub", out, active)
+            corr = g.op("Add", pred, g.op("Mul", g.op("Unsqueeze", c, g.const([2], np.int64)),
+                                           g.op("Unsqueeze", innovation, g.const([1], np.int64))))
+        with g.scope("per_layer_input"):
+            gate = g.op("Mul", self.stream(corr, 0), self.weight(p + "altup.correct_output_scale"))
+            gate = g.op("Mul", g.op("Gelu", self.linear(gate, p + "per_layer_input_gate"), approximate="tanh"), pli)
+            inj = self.rms_norm(self.linear(gate, p + "per_layer_projection"), p + "post_per_layer_input_norm")
+            only_rest = g.const(np.array([0.0] + [1.0] * (N - 1), np.float32).reshape(1, N, 1))  # streams 1.. only
+            return g.op("Add", corr, g.op("Mul", g.op("Unsqueeze", inj, g.const([1], np.int64)), only_rest))
