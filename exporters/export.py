@@ -84,8 +84,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
-            "source": {"architecture": "gemma3n", "checkpoint": os.path.basename(os.path.normpath(ckpt.dir)),
-                       "dtype": src.embed_dtype},
+            "source": {"architecture": "gemma3n", "dtype": src.embed_dtype},
             "text_config": _jsonable(src.text_config().__dict__),
             "quantization": {"decoder": quant, "block_size": block_size if quant != "fp32" else None,
                              "tables": tables},

@@ -86,8 +86,9 @@ def _per_layer(value, n: int, key: str) -> tuple:
     return (value,) * n
 
 
-def parse_gemma3n(config: dict, ckpt) -> Gemma3nSource:
-    """Read a Gemma 3n config.json (multimodal with text_config, or text-only)."""
+def parse_gemma3n(config: dict, ckpt=None) -> Gemma3nSource:
+    """Read a Gemma 3n config.json (multimodal with text_config, or text-only). Without a
+    checkpoint, the tensors are assumed to be float32 under model.language_model."""
     model_type = config.get("model_type")
     if model_type == "gemma3n":
         text = config.get("text_config")
@@ -97,8 +98,9 @@ def parse_gemma3n(config: dict, ckpt) -> Gemma3nSource:
         text = config
     else:
         raise Gemma3nError(f"config.json: model_type is {model_type!r}, not a Gemma 3n checkpoint (expected 'gemma3n')")
-    prefix = next((p for p in ("model.language_model.", "model.", "language_model.model.", "")
-                   if ckpt.has(p + "embed_tokens.weight")), None)
+    prefix = "model.language_model." if ckpt is None else next(
+        (p for p in ("model.language_model.", "model.", "language_model.model.", "") if ckpt.has(p + "embed_tokens.weight")),
+        None)
     if prefix is None:
         raise Gemma3nError("checkpoint: missing tensor model.language_model.embed_tokens.weight")
 
@@ -147,4 +149,4 @@ def parse_gemma3n(config: dict, ckpt) -> Gemma3nSource:
         final_logit_softcapping=float(softcap) if softcap else 0.0,
         laurel_rank=int(get("laurel_rank", 64)), altup_num_inputs=int(get("altup_num_inputs", 4)),
         max_position_embeddings=int(get("max_position_embeddings", 32_768)),
-        embed_dtype=ckpt.dtype(prefix + "embed_tokens.weight"))
+        embed_dtype="F32" if ckpt is None else ckpt.dtype(prefix + "embed_tokens.weight"))

@@ -8,6 +8,7 @@ position and the new K/V of this chunk. Op order and names follow transformers' 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,8 @@ class SlicePlan:
     ffn_widths: tuple[int, ...]    # per kept layer
 
 
-def take_text_weights(ckpt: Checkpoint, src: Gemma3nSource) -> dict[str, Lazy]:
-    """Claim every text tensor with its expected shape; ignore towers and unused shared-layer K/V."""
+def text_tensor_shapes(src: Gemma3nSource) -> dict[str, tuple[int, ...]]:
+    """Every text tensor the decoder uses (short names, without prefix and ".weight"), with its shape."""
     D, P, L, N = src.hidden_size, src.hidden_size_per_layer_input, src.num_layers, src.altup_num_inputs
     H, KV, Dh, R = src.num_attention_heads, src.num_kv_heads, src.head_dim, src.laurel_rank
     shapes = {
@@ -57,13 +58,21 @@ def take_text_weights(ckpt: Checkpoint, src: Gemma3nSource) -> dict[str, Lazy]:
         }
         if kv_source[i] == i:
             layer.update({"self_attn.k_proj": (KV * Dh, D), "self_attn.v_proj": (KV * Dh, D), "self_attn.k_norm": (Dh,)})
-        else:  # the checkpoint still holds K/V weights for KV-shared layers; they are never used
-            ckpt.ignore(rf"{src.prefix}layers\.{i}\.self_attn\.(k_proj|v_proj|k_norm)\.weight")
         shapes.update({f"layers.{i}.{k}": s for k, s in layer.items()})
-    weights = {}
-    for key, shape in shapes.items():
-        suffix = "" if key.endswith("correct_output_scale") else ".weight"
-        weights[key] = ckpt.take(src.prefix + key + suffix, shape)
+    return shapes
+
+
+def checkpoint_name(src: Gemma3nSource, key: str) -> str:
+    return src.prefix + key + ("" if key.endswith("correct_output_scale") else ".weight")
+
+
+def take_text_weights(ckpt: Checkpoint, src: Gemma3nSource) -> dict[str, Lazy]:
+    """Claim every text tensor with its expected shape; ignore towers and unused shared-layer K/V."""
+    weights = {key: ckpt.take(checkpoint_name(src, key), shape) for key, shape in text_tensor_shapes(src).items()}
+    # The checkpoint still holds K/V weights for KV-shared layers; they are never used.
+    for i, source in enumerate(src.kv_source()):
+        if source != i:
+            ckpt.ignore(re.escape(src.prefix) + rf"layers\.{i}\.self_attn\.(k_proj|v_proj|k_norm)\.weight")
     ckpt.ignore(r"(model\.)?(vision_tower|audio_tower|embed_vision|embed_audio)\..*")
     ckpt.ignore(r"lm_head\.weight")  # tied to embed_tokens
     return weights

@@ -1,0 +1,44 @@
+"""gemma3n-export: convert a Hugging Face Gemma 3n checkpoint into a gemma3n-rt bundle."""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+
+from gemma3n_rt.errors import Gemma3nError
+from .export import QUANT_MODES, TABLE_DTYPES, export
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gemma3n-export", description=__doc__)
+    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, model*.safetensors, tokenizer.model)")
+    p.add_argument("out", help="bundle directory to write")
+    p.add_argument("--quant", choices=QUANT_MODES, default="int4", help="decoder weights (default int4, blockwise)")
+    p.add_argument("--tables", choices=TABLE_DTYPES, default="int8", help="embedding row tables (default int8 per row)")
+    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32, help="int4/int8 block (default 32)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
+                          show_progress=not args.quiet)
+    except (Gemma3nError, ValueError) as e:
+        print(f"gemma3n-export: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gemma3n-export: interrupted; nothing was written to OUT", file=sys.stderr)
+        return 130
+    size = sum(f["size"] for f in manifest["files"].values())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    slices = ", ".join(s["name"] for s in manifest["slices"])
+    print(f"wrote {args.out}: {size / 2**20:.1f} MiB, slices {slices}, decoder {args.quant}, tables {args.tables}, "
+          f"{manifest['seconds']} s, peak RSS {peak:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

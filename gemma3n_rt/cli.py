@@ -1,0 +1,131 @@
+"""gemma3n-run: generate from the shell, one prompt or an interactive chat."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import Gemma3nError
+from .memory import parse_bytes
+from .model import DEFAULT_CONTEXT, load
+from .planner import MiB, choose_slice, ledger
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _budget(text: str) -> str:
+    try:
+        parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gemma3n-run", description="Run a Gemma 3n bundle on the CPU.")
+    p.add_argument("prompt", nargs="?", help="the prompt (a user turn of the chat template, or plain text with --raw)")
+    p.add_argument("--model", help="bundle directory (default: $GEMMA3N_MODEL, else the embedded demo)")
+    p.add_argument("--effective", help="MatFormer slice: 2b, 4b, a catalog name, or auto (default)")
+    p.add_argument("--memory-budget", type=_budget, help="pick the largest slice that fits, e.g. 1.5GB")
+    p.add_argument("--plan", action="store_true", help="print each slice's memory ledger and the choice, then exit")
+    p.add_argument("--max-new-tokens", type=_int_at_least(0), default=256)
+    p.add_argument("--temperature", type=_float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=_int_at_least(0), default=64, help="0 = off (default 64)")
+    p.add_argument("--top-p", type=_float, default=0.95, help="default 0.95")
+    p.add_argument("--seed", type=_int_at_least(0), help="make sampling reproducible")
+    p.add_argument("--context", type=_int_at_least(1), default=DEFAULT_CONTEXT, help=f"tokens (default {DEFAULT_CONTEXT})")
+    p.add_argument("--threads", type=_int_at_least(1), help="CPU threads (default: one per core)")
+    p.add_argument("--raw", action="store_true", help="plain completion of the prompt, no chat template")
+    p.add_argument("--interactive", "-i", action="store_true", help="chat in a loop (empty line or Ctrl-D ends)")
+    p.add_argument("--stats", action="store_true", help="print speed and memory figures to stderr")
+    return p
+
+
+def print_plan(args) -> None:
+    from .bundle import Bundle
+    from .model import demo_bundle_path
+    bundle = Bundle.open(args.model or os.environ.get("GEMMA3N_MODEL") or demo_bundle_path())
+    chosen = choose_slice(bundle, args.effective, args.memory_budget, args.context, 256)
+    print(f"{'slice':<28}{'effective':>12}{'weights':>12}{'KV':>10}{'workspace':>11}{'total':>10}   (MiB, context {args.context})")
+    for s in bundle.slices:
+        l = ledger(bundle, s, args.context, 256)
+        mark = "  <- chosen" if s == chosen else ""
+        print(f"{s.name:<28}{s.effective_params / 1e9:>11.3f}B{l.weights / MiB:>12.1f}{l.kv / MiB:>10.1f}"
+              f"{l.workspace / MiB:>11.1f}{l.total / MiB:>10.1f}{mark}")
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    try:
+        if args.plan:
+            print_plan(args)
+            return 0
+        if not args.prompt and not args.interactive:
+            raise Gemma3nError("give a PROMPT, or --interactive to chat")
+        from .sampling import SamplingParams
+        SamplingParams(**sampling)   # bad sampling flags fail before the model loads
+        model = load(args.model, args.effective, args.memory_budget, args.threads, args.context)
+        if args.interactive:
+            return chat_loop(model, args, sampling)
+        for piece in model.stream(args.prompt, args.max_new_tokens, chat=not args.raw, **sampling):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if args.stats:
+            print(f"[{model.slice}, context {model.context}] {model.last_stats.summary()}", file=sys.stderr)
+        return 0
+    except (Gemma3nError, ValueError, FileNotFoundError) as e:
+        print(f"gemma3n-run: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def chat_loop(model, args, sampling) -> int:
+    chat = model.chat()
+    if args.prompt:
+        _reply(chat, args.prompt, model, args, sampling)
+    while True:
+        try:
+            text = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if not text.strip():
+            return 0
+        try:
+            _reply(chat, text, model, args, sampling)
+        except KeyboardInterrupt:     # stop this reply, keep chatting
+            print("\n[interrupted]")
+
+
+def _reply(chat, text, model, args, sampling) -> None:
+    for piece in chat.send(text, args.max_new_tokens, **sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.stats:
+        print(f"[{model.slice}] {model.last_stats.summary()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

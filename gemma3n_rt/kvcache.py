@@ -1,0 +1,54 @@
+"""The KV cache of one slice: 20 caches for Gemma 3n (KV-shared layers read another layer's cache).
+
+Each cache is a preallocated buffer [capacity, kv_heads, head_dim] in sequence-major order, so
+the filled prefix is a contiguous view handed to the decoder without a copy. Full caches hold the
+whole context; sliding caches hold the last `window - 1` positions plus room for one chunk, and
+slide back only when that room runs out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import FULL, CacheSpec
+
+
+class KVCache:
+    def __init__(self, caches: tuple[CacheSpec, ...], kv_heads: int, head_dim: int, context: int,
+                 window: int, chunk: int):
+        self.specs = caches
+        self.context, self.keep = context, window - 1
+        self.capacity = [context if c.type == FULL else min(context, self.keep + chunk) for c in caches]
+        # np.zeros maps fresh pages lazily: memory is committed only as positions are written.
+        self.keys = [np.zeros((cap, kv_heads, head_dim), np.float32) for cap in self.capacity]
+        self.values = [np.zeros((cap, kv_heads, head_dim), np.float32) for cap in self.capacity]
+        self.length = [0] * len(caches)
+        self.position = 0   # positions seen so far; the next token's position
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        out = {}
+        for c, n in enumerate(self.length):
+            out[f"past_key.{c}"] = self.keys[c][:n]
+            out[f"past_value.{c}"] = self.values[c][:n]
+        return out
+
+    def append(self, outputs: dict[str, np.ndarray], count: int) -> None:
+        """Store the new K/V of `count` tokens, named new_key.{c} / new_value.{c}."""
+        for c, cap in enumerate(self.capacity):
+            n = self.length[c]
+            if n + count > cap:   # sliding cache full: keep the last window-1 positions, drop the rest
+                keep = min(n, self.keep)
+                for buf in (self.keys[c], self.values[c]):
+                    buf[:keep] = buf[n - keep:n]
+                n = keep
+            self.keys[c][n:n + count] = outputs[f"new_key.{c}"]
+            self.values[c][n:n + count] = outputs[f"new_value.{c}"]
+            self.length[c] = n + count
+        self.position += count
+
+    def reset(self) -> None:
+        self.length = [0] * len(self.specs)
+        self.position = 0
+
+    def bytes_per_token(self) -> int:
+        """Bytes one more position of context costs (full caches only; sliding ones are bounded)."""
+        return sum(k.nbytes // k.shape[0] * 2 for k, s in zip(self.keys, self.specs) if s.type == FULL)

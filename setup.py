@@ -1,0 +1,24 @@
+from setuptools import setup
+
+setup(
+    name="gemma3n-rt",
+    version="0.1.0",
+    description="On-device runtime for Google's Gemma 3n on ONNX Runtime: PLE caching, MatFormer slices",
+    python_requires=">=3.10",
+    packages=["gemma3n_rt", "gemma3n_rt.assets", "exporters"],
+    package_dir={"gemma3n_rt.assets": "assets"},
+    package_data={"gemma3n_rt": ["FORMAT.md"], "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*"]},
+    install_requires=[
+        "numpy>=1.24", "onnxruntime>=1.20", "sentencepiece>=0.2", "pillow", "soundfile",
+        # the exporter
+        "onnx>=1.16", "safetensors>=0.4", "ml_dtypes", "tqdm",
+    ],
+    extras_require={
+        # reference implementations for the parity tests (torch 2.14.1 / torchvision 0.29.1 on these machines)
+        "test": ["pytest", "torch", "transformers>=5.0", "timm", "gguf"],
+    },
+    entry_points={"console_scripts": [
+        "gemma3n-run=gemma3n_rt.cli:main",
+        "gemma3n-export=exporters.cli:main",
+    ]},
+)
