@@ -27,3 +27,29 @@ def demo_tokenizer_path(make_tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(demo_tokenizer_path) -> Tokenizer:
     return Tokenizer(demo_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def export_tiny(tmp_path_factory, demo_tokenizer_path):
+    """export_tiny(seed, quant, tables, embed_std, **config) -> (reference model, bundle dir), cached."""
+    from exporters.export import export
+    from hf_reference import reference_model, save_checkpoint, tiny_text_config
+
+    cache = {}
+
+    def make(seed=0, quant="fp32", tables="fp32", embed_std=None, **config):
+        key = (seed, quant, tables, embed_std, repr(sorted(config.items())))
+        if key not in cache:
+            model_key = (seed, embed_std, repr(sorted(config.items())))
+            if model_key not in cache:
+                ckpt = tmp_path_factory.mktemp(f"ckpt{seed}")
+                model = reference_model(tiny_text_config(**config), seed, embed_std)
+                save_checkpoint(model, str(ckpt), str(demo_tokenizer_path))
+                cache[model_key] = (model, ckpt)
+            model, ckpt = cache[model_key]
+            out = tmp_path_factory.mktemp(f"bundle{seed}{quant}") / "bundle"
+            export(str(ckpt), str(out), quant=quant, tables=tables, show_progress=False)
+            cache[key] = (model, out)
+        return cache[key]
+
+    return make

@@ -14,7 +14,7 @@ PREFIX = "model.language_model."
 
 
 def tiny_text_config(num_layers=10, num_kv_shared_layers=4, sliding_window=8, widths=None, sparse_layers=2,
-                     vocab=320, ple_vocab=256, **overrides) -> Gemma3nTextConfig:
+                     vocab=2112, ple_vocab=2048, **overrides) -> Gemma3nTextConfig:
     widths = widths or [96] * num_layers
     kw = dict(
         vocab_size=vocab, vocab_size_per_layer_input=ple_vocab, hidden_size=64, hidden_size_per_layer_input=16,
@@ -29,8 +29,11 @@ def tiny_text_config(num_layers=10, num_kv_shared_layers=4, sliding_window=8, wi
     return Gemma3nTextConfig(**kw)
 
 
-def reference_model(cfg: Gemma3nTextConfig, seed: int) -> Gemma3nForCausalLM:
-    """A random model whose weights are varied enough to exercise every op (not the init defaults)."""
+def reference_model(cfg: Gemma3nTextConfig, seed: int, embed_std: float | None = None) -> Gemma3nForCausalLM:
+    """A random model whose weights are varied enough to exercise every op (not the init defaults).
+
+    With the default embedding scale the next-token distribution is nearly flat; embed_std=1
+    makes it peaked, as a trained model's is, so that top-1 agreement means something."""
     torch.manual_seed(seed)
     model = Gemma3nForCausalLM(cfg).eval().float()
     with torch.no_grad():
@@ -40,7 +43,8 @@ def reference_model(cfg: Gemma3nTextConfig, seed: int) -> Gemma3nForCausalLM:
             elif "altup" in name and ("coefs" in name):
                 p.copy_(0.3 * torch.randn_like(p))
             else:
-                p.copy_(torch.randn_like(p) * (1.0 / p.shape[-1] ** 0.5))
+                std = embed_std if (embed_std and name.endswith("embed_tokens.weight")) else p.shape[-1] ** -0.5
+                p.copy_(torch.randn_like(p) * std)
     return model
 
 

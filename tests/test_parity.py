@@ -1,0 +1,88 @@
+"""Parity with the reference implementation (transformers' Gemma3n) on tiny random checkpoints
+saved in the real Hugging Face layout: sliding window 8 (prompts several times longer), 4
+KV-shared layers of both types, gaussian top-k sparsity on the first layers."""
+import numpy as np
+import pytest
+
+import gemma3n_rt
+from hf_reference import reference_greedy, reference_logits
+
+SEEDS = [0, 1, 2]
+
+
+def prompt(seed: int, n: int) -> list[int]:
+    rng = np.random.default_rng(100 + seed)
+    ids = [2] + rng.integers(3, 2048, n - 1).tolist()
+    ids[n // 2] = 2100     # an id past the PLE table (a multimodal id): PLE row 0
+    return ids
+
+
+def rel_err(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_logits_match_reference_fp32(export_tiny, seed):
+    ref, bundle = export_tiny(seed)
+    model = gemma3n_rt.load(str(bundle), context=256)
+    for n in (1, 7, 40):   # shorter than, and five times, the sliding window
+        ids = prompt(seed, n)
+        assert rel_err(model.next_token_logits(ids), reference_logits(ref, ids)) < 1e-4
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 17])
+def test_chunked_prefill_matches_reference(export_tiny, chunk):
+    """Chunks smaller and larger than the window exercise the sliding cache as it slides."""
+    ref, bundle = export_tiny(0)
+    model = gemma3n_rt.load(str(bundle), context=256, chunk=chunk)
+    ids = prompt(3, 45)
+    assert rel_err(model.next_token_logits(ids), reference_logits(ref, ids)) < 1e-4
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_greedy_decoding_matches_reference(export_tiny, seed):
+    ref, bundle = export_tiny(seed)
+    model = gemma3n_rt.load(str(bundle), context=256, chunk=16)
+    ids = prompt(seed, 20)
+    ours = model.generate_ids(ids, 32, stop_ids=())
+    assert ours == reference_greedy(ref, ids, 32)
+
+
+def test_per_layer_widths_and_no_sparsity(export_tiny):
+    """Different FFN widths per layer, sparsity on a single layer, another softcap."""
+    cfg = dict(widths=[64, 128] * 5, sparse_layers=1, final_logit_softcapping=5.0)
+    ref, bundle = export_tiny(5, **cfg)
+    model = gemma3n_rt.load(str(bundle), context=128)
+    ids = prompt(5, 30)
+    assert rel_err(model.next_token_logits(ids), reference_logits(ref, ids)) < 1e-4
+
+
+def kl(p_logits, q_logits) -> float:
+    p = np.exp(p_logits - p_logits.max()); p /= p.sum()
+    q = np.exp(q_logits - q_logits.max()); q /= q.sum()
+    return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+# Measured on these tiny random models (hidden size 64, block 32): int8 agrees on 0.990 of the
+# steps (mean KL 0.0024), int4 on 0.929 (mean KL 0.172).
+@pytest.mark.parametrize("quant,min_agree,max_kl", [("int8", 0.95, 0.01), ("int4", 0.75, 0.3)])
+def test_quantized_close_to_fp32(export_tiny, quant, min_agree, max_kl, record_property):
+    """Teacher-forced along the fp32 greedy path: top-1 agreement and mean KL(fp32 || quantized),
+    on models with a peaked next-token distribution (embed_std=1) so that agreement means something."""
+    agree, kls = [], []
+    for seed in SEEDS:
+        _, exact_dir = export_tiny(seed, embed_std=1.0)
+        _, quant_dir = export_tiny(seed, quant, tables="int8", embed_std=1.0)
+        exact = gemma3n_rt.load(str(exact_dir), context=256)
+        approx = gemma3n_rt.load(str(quant_dir), context=256)
+        ids = prompt(seed, 20)
+        path = ids + exact.generate_ids(ids, 32, stop_ids=())
+        for t in range(len(ids), len(path) + 1):
+            a, b = exact.next_token_logits(path[:t]), approx.next_token_logits(path[:t])
+            agree.append(a.argmax() == b.argmax())
+            kls.append(kl(a, b))
+    record_property("agreement", float(np.mean(agree)))
+    record_property("mean_kl", float(np.mean(kls)))
+    print(f"{quant}: greedy agreement {np.mean(agree):.3f}, mean KL {np.mean(kls):.5f}, max KL {np.max(kls):.5f}")
+    assert np.mean(agree) >= min_agree
+    assert np.mean(kls) <= max_kl
