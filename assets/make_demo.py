@@ -9,20 +9,15 @@ Usage: python assets/make_demo.py [OUT]   (default: assets/demo beside this file
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 
-import numpy as np
-from safetensors.numpy import save_file
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from bench.synthetic import write_random_checkpoint  # noqa: E402
 from exporters.export import export  # noqa: E402
-from exporters.hf_config import parse_gemma3n  # noqa: E402
-from exporters.text_decoder import checkpoint_name, text_tensor_shapes  # noqa: E402
 
 TOKENIZER_PIECES = 2048
 TEXT_CONFIG = {
@@ -38,28 +33,10 @@ TEXT_CONFIG = {
 }
 
 
-def random_checkpoint(out_dir: str, seed: int = 0) -> None:
-    """Write config.json and model.safetensors in the Gemma3nForConditionalGeneration layout."""
-    config = {"model_type": "gemma3n", "architectures": ["Gemma3nForConditionalGeneration"],
-              "text_config": TEXT_CONFIG}
-    src = parse_gemma3n(config)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for key, shape in text_tensor_shapes(src).items():
-        if len(shape) == 1:                      # norms and scales hover around 1
-            t = 1.0 + 0.1 * rng.standard_normal(shape)
-        else:
-            t = rng.standard_normal(shape) / np.sqrt(shape[-1])
-        tensors[checkpoint_name(src, key)] = t.astype(np.float32)
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-
-
 def main(out: str) -> None:
     from make_tokenizer import train_demo_tokenizer
     with tempfile.TemporaryDirectory() as ckpt:
-        random_checkpoint(ckpt)
+        write_random_checkpoint(ckpt, TEXT_CONFIG, seed=0)
         train_demo_tokenizer(os.path.join(ckpt, "tokenizer.model"))
         export(ckpt, out, quant="int4", tables="int8", force=True, show_progress=False)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)

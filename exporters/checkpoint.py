@@ -50,6 +50,8 @@ class Checkpoint:
                 self.config: dict = json.load(f)
         except json.JSONDecodeError as e:
             raise Gemma3nError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(self.config, dict):
+            raise Gemma3nError(f"{cfg_path}: expected a JSON object, got {type(self.config).__name__}")
         self.files: dict[str, SafetensorsFile] = {}
         self.where: dict[str, str] = {}
         for fname in self._shard_names():

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet)
-    except (Gemma3nError, ValueError) as e:
+    except (Gemma3nError, ValueError, OSError) as e:
         print(f"gemma3n-export: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -47,13 +47,15 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     if tables not in TABLE_DTYPES:
         raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
     out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise Gemma3nError(f"{out_dir}: exists and is not a directory")
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise Gemma3nError(f"{out_dir}: already exists and is not empty (use --force to replace it)")
     ckpt = Checkpoint(checkpoint_dir)
+    src = parse_gemma3n(ckpt.config, ckpt)
     tokenizer = os.path.join(ckpt.dir, "tokenizer.model")
     if not os.path.isfile(tokenizer):
         raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
-    src = parse_gemma3n(ckpt.config, ckpt)
     weights = take_text_weights(ckpt, src)
     ckpt.finish()
 

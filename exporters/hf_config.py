@@ -102,7 +102,7 @@ def parse_gemma3n(config: dict, ckpt=None) -> Gemma3nSource:
         (p for p in ("model.language_model.", "model.", "language_model.model.", "") if ckpt.has(p + "embed_tokens.weight")),
         None)
     if prefix is None:
-        raise Gemma3nError("checkpoint: missing tensor model.language_model.embed_tokens.weight")
+        raise Gemma3nError(f"checkpoint {ckpt.dir}: missing tensor model.language_model.embed_tokens.weight")
 
     def get(key, default=None):
         if key in text:

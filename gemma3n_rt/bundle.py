@@ -34,7 +34,7 @@ class Bundle:
                 manifest = json.load(f)
         except json.JSONDecodeError as e:
             raise Gemma3nError(f"{mpath}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if manifest.get("format") != FORMAT_NAME:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise Gemma3nError(f"{mpath}: not a gemma3n-rt bundle manifest")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise Gemma3nError(f"{mpath}: bundle format version {manifest.get('format_version')} is not supported "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -23,11 +24,16 @@ def _int_at_least(low: int):
     return parse
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+def _float(ok, what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ok(value):     # nan fails every comparison
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
 
 
 def _budget(text: str) -> str:
@@ -46,9 +52,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=_budget, help="pick the largest slice that fits, e.g. 1.5GB")
     p.add_argument("--plan", action="store_true", help="print each slice's memory ledger and the choice, then exit")
     p.add_argument("--max-new-tokens", type=_int_at_least(0), default=256)
-    p.add_argument("--temperature", type=_float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--temperature", type=_float(lambda v: 0 <= v < math.inf, "a number >= 0"), default=1.0,
+                   help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=_int_at_least(0), default=64, help="0 = off (default 64)")
-    p.add_argument("--top-p", type=_float, default=0.95, help="default 0.95")
+    p.add_argument("--top-p", type=_float(lambda v: 0 < v <= 1, "in (0, 1]"), default=0.95, help="default 0.95")
     p.add_argument("--seed", type=_int_at_least(0), help="make sampling reproducible")
     p.add_argument("--context", type=_int_at_least(1), default=DEFAULT_CONTEXT, help=f"tokens (default {DEFAULT_CONTEXT})")
     p.add_argument("--threads", type=_int_at_least(1), help="CPU threads (default: one per core)")
@@ -92,7 +99,7 @@ def main(argv=None) -> int:
         if args.stats:
             print(f"[{model.slice}, context {model.context}] {model.last_stats.summary()}", file=sys.stderr)
         return 0
-    except (Gemma3nError, ValueError, FileNotFoundError) as e:
+    except (Gemma3nError, ValueError, OSError) as e:
         print(f"gemma3n-run: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

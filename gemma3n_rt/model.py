@@ -96,9 +96,12 @@ class Model:
 
     def _text(self, tokens: Iterator[int]) -> Iterator[str]:
         detok = StreamDecoder(self.tokenizer)
+        text_vocab = self.tokenizer.vocab_size
         for t in tokens:
             if t in self.special.stop_ids:
                 break
+            if t >= text_vocab:      # image/audio placeholder ids have no text
+                continue
             piece = detok.push(t)
             if piece:
                 yield piece
