@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, sha256_file
 from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.prompt import SpecialTokens
+from gemma3n_rt.tokenizer import Tokenizer
 from .checkpoint import Checkpoint
 from .hf_config import parse_gemma3n
 from .quantize import quantize_graph
@@ -23,6 +25,17 @@ TABLE_DTYPES = ("int8", "fp16", "fp32")
 
 def full_slice_name(num_layers: int) -> str:
     return {35: "E4B", 30: "E2B"}.get(num_layers, "full")
+
+
+def check_tokenizer(path: str, vocab_size: int) -> None:
+    """The tokenizer must load, fit the model's vocabulary and have the chat-template tokens."""
+    try:
+        tok = Tokenizer(path)
+        SpecialTokens.from_tokenizer(tok)
+    except (ValueError, OSError) as e:
+        raise Gemma3nError(str(e) if path in str(e) else f"{path}: {e}") from None
+    if tok.vocab_size > vocab_size:
+        raise Gemma3nError(f"{path}: {tok.vocab_size} pieces, more than the model's vocab_size {vocab_size}")
 
 
 def effective_params(weights: dict, plan: SlicePlan) -> int:
@@ -56,6 +69,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     tokenizer = os.path.join(ckpt.dir, "tokenizer.model")
     if not os.path.isfile(tokenizer):
         raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
+    check_tokenizer(tokenizer, src.vocab_size)
     weights = take_text_weights(ckpt, src)
     ckpt.finish()
 
