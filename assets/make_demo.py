@@ -16,6 +16,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from assets.make_tokenizer import train_demo_tokenizer  # noqa: E402
 from bench.synthetic import write_random_checkpoint  # noqa: E402
 from exporters.export import export  # noqa: E402
 
@@ -34,7 +35,6 @@ TEXT_CONFIG = {
 
 
 def main(out: str) -> None:
-    from make_tokenizer import train_demo_tokenizer
     with tempfile.TemporaryDirectory() as ckpt:
         write_random_checkpoint(ckpt, TEXT_CONFIG, seed=0)
         train_demo_tokenizer(os.path.join(ckpt, "tokenizer.model"))
@@ -44,5 +44,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)
     main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "demo"))

@@ -91,8 +91,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
             write_row_table(os.path.join(tmp, "text/ple.safetensors"), ple, src.num_layers, tables, progress=bar)
         graph_file = f"text/decoder.{plan.name}.onnx"
         store = WeightStore(os.path.join(tmp, "text/weights.bin"))
-        total = sum(4 * _numel(w.shape) for w in graph.weights.values())
-        with tqdm(total=total, unit="B", unit_scale=True, desc="decoder", disable=not show_progress) as bar:
+        with tqdm(total=len(graph.weights), unit="tensor", desc="decoder", disable=not show_progress) as bar:
             weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
         store.close()
         shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
@@ -123,13 +122,6 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise
     manifest["seconds"] = round(time.time() - started, 2)
     return manifest
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _jsonable(d: dict) -> dict:

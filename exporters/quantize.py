@@ -47,6 +47,20 @@ def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: i
     return w.reshape(n, -1)[:, :k]
 
 
+def quantize_rows(src: Lazy, bits: int, block: int, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_blockwise over `rows` rows at a time, so a 262400-row LM head needs little memory."""
+    n, k = src.shape
+    blocks = -(-k // block)
+    packed = np.empty((n, blocks, block * bits // 8), np.uint8)
+    scales = np.empty((n, blocks), np.float32)
+    whole = None if src.load_rows else src.load()
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        packed[a:b], s = quantize_blockwise(src.rows(a, b) if whole is None else whole[a:b], bits, block)
+        scales[a:b] = s.reshape(b - a, blocks)
+    return packed, scales.reshape(-1)
+
+
 def quantize_graph(graph: Graph, mode: str, block_size: int = 32, accuracy_level: int = 4) -> None:
     """Rewrite every large enough linear of `graph` as MatMulNBits, in place."""
     if mode == "fp32":
@@ -60,13 +74,13 @@ def quantize_graph(graph: Graph, mode: str, block_size: int = 32, accuracy_level
         cache: dict[str, np.ndarray] = {}
 
         def packed(src: Lazy = lin.source, cache=cache) -> np.ndarray:
-            q, s = quantize_blockwise(src.load(), bits, block_size)
+            q, s = quantize_rows(src, bits, block_size)
             cache["scales"] = s
             return q
 
         def scales(src: Lazy = lin.source, cache=cache) -> np.ndarray:
             # written right after `packed`, so the source is read and quantized once
-            return cache.pop("scales") if "scales" in cache else quantize_blockwise(src.load(), bits, block_size)[1]
+            return cache.pop("scales") if "scales" in cache else quantize_rows(src, bits, block_size)[1]
 
         name = lin.weight
         del graph.weights[lin.weight]

@@ -41,7 +41,7 @@ class WeightStore:
         align = PAGE if arr.nbytes >= 16 * PAGE else 64
         offset = -(-self.file.tell() // align) * align
         self.file.seek(offset)
-        self.file.write(arr.tobytes())
+        self.file.write(memoryview(arr).cast("B"))
         self.entries[name] = (offset, arr.nbytes, arr.dtype, arr.shape)
         return self.entries[name]
 
@@ -66,7 +66,7 @@ def write_graph(graph: Graph, onnx_path: str, store: WeightStore, progress=None)
         initializers.append(tensor)
         used += length
         if progress is not None:
-            progress.update(length)
+            progress.update(1)
     onnx.save_model(graph.make_model(initializers), onnx_path)
     return used
 
