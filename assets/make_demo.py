@@ -21,6 +21,8 @@ from bench.synthetic import write_random_checkpoint  # noqa: E402
 from exporters.export import export  # noqa: E402
 
 TOKENIZER_PIECES = 2048
+# The full model, the official E2B and one mix-n-match config (each slice adds a ~0.7 MB graph file).
+DEMO_SLICES = "E4B,E2B,E2.54B-layer"
 TEXT_CONFIG = {
     "model_type": "gemma3n_text", "hidden_size": 64, "num_hidden_layers": 35, "intermediate_size": [192] * 35,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "hidden_size_per_layer_input": 16,
@@ -38,7 +40,7 @@ def main(out: str) -> None:
     with tempfile.TemporaryDirectory() as ckpt:
         write_random_checkpoint(ckpt, TEXT_CONFIG, seed=0)
         train_demo_tokenizer(os.path.join(ckpt, "tokenizer.model"))
-        export(ckpt, out, quant="int4", tables="int8", force=True, show_progress=False)
+        export(ckpt, out, quant="int4", tables="int8", force=True, show_progress=False, slices=DEMO_SLICES)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     print(f"wrote {out} ({size / 2**20:.2f} MiB)")
 

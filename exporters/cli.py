@@ -16,6 +16,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", choices=QUANT_MODES, default="int4", help="decoder weights (default int4, blockwise)")
     p.add_argument("--tables", choices=TABLE_DTYPES, default="int8", help="embedding row tables (default int8 per row)")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32, help="int4/int8 block (default 32)")
+    p.add_argument("--slices", help="MatFormer slices to include: 'all' (default: the full model and, for E4B, "
+                                    "E2B and every published mix-n-match config) or a comma list of names")
+    p.add_argument("--custom-slice", action="append", default=[], metavar="NAME=W,W,...[@SKIP]",
+                   help="add a slice: FFN width per layer ('8192*20,16384*15' repeats), skipped layers ('20-24')")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -25,7 +29,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
-                          show_progress=not args.quiet)
+                          show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice)
     except (Gemma3nError, ValueError, OSError) as e:
         print(f"gemma3n-export: error: {e}", file=sys.stderr)
         return 2

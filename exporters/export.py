@@ -7,24 +7,25 @@ import os
 import shutil
 import time
 
+import numpy as np
 from tqdm import tqdm
 
 from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, sha256_file
+from gemma3n_rt.config import SliceSpec
+from gemma3n_rt.decoder import DEFAULT_CHUNK
 from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.planner import ledger
 from gemma3n_rt.prompt import SpecialTokens
 from gemma3n_rt.tokenizer import Tokenizer
 from .checkpoint import Checkpoint
 from .hf_config import parse_gemma3n
+from .matformer import select
 from .quantize import quantize_graph
-from .text_decoder import DecoderBuilder, SlicePlan, take_text_weights
+from .text_decoder import DecoderBuilder, SlicePlan, down_chunks, take_text_weights, text_tensor_shapes
 from .writer import WeightStore, write_graph, write_row_table
 
 QUANT_MODES = ("int4", "int8", "fp32")
 TABLE_DTYPES = ("int8", "fp16", "fp32")
-
-
-def full_slice_name(num_layers: int) -> str:
-    return {35: "E4B", 30: "E2B"}.get(num_layers, "full")
 
 
 def check_tokenizer(path: str, vocab_size: int) -> None:
@@ -38,23 +39,28 @@ def check_tokenizer(path: str, vocab_size: int) -> None:
         raise Gemma3nError(f"{path}: {tok.vocab_size} pieces, more than the model's vocab_size {vocab_size}")
 
 
-def effective_params(weights: dict, plan: SlicePlan) -> int:
-    """Decoder parameters without the two embedding tables (Google's "effective" count)."""
+def effective_params(src, plan: SlicePlan) -> int:
+    """Decoder parameters of a slice without the two embedding tables (Google's "effective"
+    count, less the unused K/V weights of KV-shared layers)."""
     total = 0
-    for key, lazy in weights.items():
+    for key, shape in text_tensor_shapes(src).items():
         if key in ("embed_tokens", "embed_tokens_per_layer"):
             continue
-        if key.startswith("layers.") and int(key.split(".")[1]) not in plan.layers:
-            continue
-        n = 1
-        for d in lazy.shape:
-            n *= d
+        n = int(np.prod(shape))
+        if key.startswith("layers."):
+            layer = int(key.split(".")[1])
+            if layer not in plan.layers:
+                continue
+            if ".mlp." in key:
+                n = n * plan.ffn_widths[plan.layers.index(layer)] // src.intermediate_sizes[layer]
+        elif key == "per_layer_model_projection":
+            n = n * len(plan.layers) // src.num_layers
         total += n
     return total
 
 
 def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int = 32,
-           force: bool = False, show_progress: bool = True) -> dict:
+           force: bool = False, show_progress: bool = True, slices: str | None = None, custom=()) -> dict:
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
     if tables not in TABLE_DTYPES:
@@ -73,10 +79,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     weights = take_text_weights(ckpt, src)
     ckpt.finish()
 
-    plan = SlicePlan(full_slice_name(src.num_layers), tuple(range(src.num_layers)), src.intermediate_sizes)
-    builder = DecoderBuilder(src, weights, plan)
-    graph = builder.build()
-    quantize_graph(graph, quant, block_size)
+    plans = select(src, slices, custom)
+    chunks = down_chunks(src, plans)
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -89,10 +93,17 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         with tqdm(total=vocab.shape[0] + ple.shape[0], unit="rows", desc="row tables", disable=not show_progress) as bar:
             write_row_table(os.path.join(tmp, "text/embed.safetensors"), vocab, 1, tables, progress=bar)
             write_row_table(os.path.join(tmp, "text/ple.safetensors"), ple, src.num_layers, tables, progress=bar)
-        graph_file = f"text/decoder.{plan.name}.onnx"
         store = WeightStore(os.path.join(tmp, "text/weights.bin"))
-        with tqdm(total=len(graph.weights), unit="tensor", desc="decoder", disable=not show_progress) as bar:
-            weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
+        entries = []
+        for plan in tqdm(plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(plans) < 2):
+            builder = DecoderBuilder(src, weights, plan, chunks)
+            graph = builder.build()
+            quantize_graph(graph, quant, block_size)
+            graph_file = f"text/decoder.{plan.name}.onnx"
+            with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
+                      disable=not show_progress) as bar:
+                weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
+            entries.append(slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant))
         store.close()
         shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
 
@@ -105,12 +116,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
                              "tables": tables},
             "tokenizer": "tokenizer.model",
             "row_tables": {"embed": "text/embed.safetensors", "ple": "text/ple.safetensors"},
-            "slices": [{
-                "name": plan.name, "graph": graph_file, "layers": list(plan.layers),
-                "ffn_widths": list(plan.ffn_widths),
-                "caches": [{"type": c.type, "source_layer": c.source_layer} for c in builder.caches],
-                "effective_params": effective_params(weights, plan), "weight_bytes": weight_bytes,
-            }],
+            "slices": entries,
         }
         manifest["files"] = {rel: {"size": os.path.getsize(os.path.join(tmp, rel)), "sha256": sha256_file(os.path.join(tmp, rel))}
                              for rel in sorted(_files(tmp))}
@@ -122,6 +128,19 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise
     manifest["seconds"] = round(time.time() - started, 2)
     return manifest
+
+
+def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str) -> dict:
+    """The manifest's catalog entry, with the memory ledger at 1K tokens of context for reference."""
+    entry = {"name": plan.name, "graph": graph_file, "layers": list(plan.layers), "ffn_widths": list(plan.ffn_widths),
+             "caches": [{"type": c.type, "source_layer": c.source_layer} for c in caches],
+             "effective_params": effective_params(src, plan), "weight_bytes": weight_bytes}
+    if "published_mmlu" in plan.meta:
+        entry["published_mmlu"] = plan.meta["published_mmlu"]
+        entry["published_effective_b"] = plan.meta["published_effective_b"]
+    led = ledger(src.text_config(), SliceSpec.from_dict(entry), 1024, DEFAULT_CHUNK, quant)
+    entry["ledger_at_1k_context"] = {"weights": led.weights, "kv": led.kv, "workspace": led.workspace, "total": led.total}
+    return entry
 
 
 def _jsonable(d: dict) -> dict:

@@ -21,11 +21,22 @@ MS_DOMAIN = "com.microsoft"
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
 
 
+@dataclass(frozen=True)
+class WeightRef:
+    """An initializer: a tensor of the bundle's weights store, or a range of its rows (a view,
+    no copy: MatFormer slices point into the same bytes)."""
+    key: str                              # the stored tensor, shared by every graph that uses it
+    lazy: Lazy                            # produces the whole stored tensor
+    rows: tuple[int, int] | None = None   # a range of its first dimension
+
+
 @dataclass
 class Linear:
-    nodes: list[onnx.NodeProto]   # the MatMuls computing x @ W.T (a weight may serve several)
-    weight: str                   # initializer name of W.T
-    source: Lazy                  # W in PyTorch layout [out_features, in_features]
+    nodes: list[onnx.NodeProto]   # the Gemm nodes computing x @ W.T (a weight may serve several)
+    weight: str                   # initializer name
+    key: str                      # stored tensor: W in PyTorch layout [out_features, in_features]
+    source: Lazy
+    rows: tuple[int, int] | None  # the output features used, a range of W's rows
 
 
 class Graph:
@@ -35,7 +46,7 @@ class Graph:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self.consts: dict[str, np.ndarray] = {}   # small constants, stored inside the graph file
-        self.weights: dict[str, Lazy] = {}        # big tensors, stored as external data
+        self.weights: dict[str, WeightRef] = {}   # big tensors, stored as external data
         self.linears: dict[str, Linear] = {}
         self._scope: list[str] = []
         self._count: Counter = Counter()
@@ -78,22 +89,22 @@ class Graph:
             self.consts[name] = arr
         return self._const_names[key]
 
-    def weight(self, name: str, lazy: Lazy) -> str:
-        """Register an external weight; using the same tensor again under the same name is fine."""
-        if name in self.weights and self.weights[name] is not lazy:
+    def weight(self, key: str, lazy: Lazy, rows: tuple[int, int] | None = None) -> str:
+        """Register an external weight (or a row range of one); using it again is fine."""
+        name = key if rows is None else f"{key}[{rows[0]}:{rows[1]}]"
+        ref = WeightRef(key, lazy, rows)
+        if name in self.weights and self.weights[name].lazy is not lazy:
             raise AssertionError(f"two different weights named {name}")
-        self.weights[name] = lazy
+        self.weights[name] = ref
         return name
 
-    def linear(self, x: str, w: Lazy, name: str) -> str:
-        """x @ w.T for a PyTorch-layout weight w [out, in]; stored transposed for MatMul."""
+    def linear(self, x: str, w: Lazy, key: str, rows: tuple[int, int] | None = None) -> str:
+        """x @ w[a:b].T for a PyTorch-layout weight w [out, in] and x of rank 2: Gemm with transB,
+        so the stored layout is w itself and a range of output features is a range of bytes."""
+        name = self.weight(key, w, rows)
         if name not in self.linears:
-            out_f, in_f = w.shape
-            self.weight(name, w.map(lambda a: np.ascontiguousarray(a.T), (in_f, out_f)))
-            self.linears[name] = Linear([], name, w)
-        elif self.linears[name].source is not w:
-            raise AssertionError(f"two different linear weights named {name}")
-        y = self.op("MatMul", x, name)
+            self.linears[name] = Linear([], name, key, w, rows)
+        y = self.op("Gemm", x, name, transB=1)
         self.linears[name].nodes.append(self.nodes[-1])
         return y
 

@@ -82,11 +82,13 @@ def quantize_graph(graph: Graph, mode: str, block_size: int = 32, accuracy_level
             # written right after `packed`, so the source is read and quantized once
             return cache.pop("scales") if "scales" in cache else quantize_rows(src, bits, block_size)[1]
 
-        name = lin.weight
+        a, b = lin.rows or (0, n)
         del graph.weights[lin.weight]
-        qname = graph.weight(f"{name}.q{bits}", Lazy(f"{name}.q{bits}", (n, blocks, block_size * bits // 8), packed))
-        sname = graph.weight(f"{name}.scales", Lazy(f"{name}.scales", (n * blocks,), scales))
+        qname = graph.weight(f"{lin.key}.q{bits}", Lazy(f"{lin.key}.q{bits}", (n, blocks, block_size * bits // 8), packed),
+                             lin.rows)
+        sname = graph.weight(f"{lin.key}.scales", Lazy(f"{lin.key}.scales", (n * blocks,), scales),
+                             None if lin.rows is None else (a * blocks, b * blocks))
         for node in lin.nodes:
             node.CopyFrom(helper.make_node(
                 "MatMulNBits", [node.input[0], qname, sname], list(node.output), name=node.name + "NBits",
-                domain=MS_DOMAIN, K=k, N=n, bits=bits, block_size=block_size, accuracy_level=accuracy_level))
+                domain=MS_DOMAIN, K=k, N=b - a, bits=bits, block_size=block_size, accuracy_level=accuracy_level))

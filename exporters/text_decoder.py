@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,17 @@ class SlicePlan:
     name: str
     layers: tuple[int, ...]        # original indices kept
     ffn_widths: tuple[int, ...]    # per kept layer
+    meta: dict = field(default_factory=dict, compare=False)   # published figures, for the manifest
+
+
+def down_chunks(src: Gemma3nSource, plans: list[SlicePlan]) -> dict[int, tuple[int, ...]]:
+    """Per layer, the column boundaries that split down_proj so every slice's width is a sum of
+    whole chunks (e.g. 0, 8192, 16384): each chunk is stored once and slices add partial products."""
+    bounds = {l: {0, src.intermediate_sizes[l]} for l in range(src.num_layers)}
+    for plan in plans:
+        for l, w in zip(plan.layers, plan.ffn_widths):
+            bounds[l].add(w)
+    return {l: tuple(sorted(b)) for l, b in bounds.items()}
 
 
 def text_tensor_shapes(src: Gemma3nSource) -> dict[str, tuple[int, ...]]:
@@ -100,8 +111,10 @@ def cache_table(src: Gemma3nSource, plan: SlicePlan) -> tuple[list[CacheSpec], d
 
 
 class DecoderBuilder:
-    def __init__(self, src: Gemma3nSource, weights: dict[str, Lazy], plan: SlicePlan):
+    def __init__(self, src: Gemma3nSource, weights: dict[str, Lazy], plan: SlicePlan,
+                 chunks: dict[int, tuple[int, ...]] | None = None):
         self.src, self.w, self.plan = src, weights, plan
+        self.chunks = chunks or down_chunks(src, [plan])
         self.g = Graph(f"gemma3n_decoder_{plan.name}")
         self.caches, self.cache_of = cache_table(src, plan)
 
@@ -179,15 +192,21 @@ class DecoderBuilder:
         return g
 
     def per_layer_inputs(self, x: str, ple_tokens: str) -> str:
-        """(RMSNorm(x @ W_plp.T * D^-0.5) + PLE token rows) * 2^-0.5, for the kept layers: [T, Ls, P]."""
+        """(RMSNorm(x @ W_plp.T * D^-0.5) + PLE token rows) * 2^-0.5, for the kept layers: [T, Ls, P].
+        Each run of consecutive kept layers is a range of W_plp's rows: a view, not a copy."""
         g, src, P = self.g, self.src, self.src.hidden_size_per_layer_input
-        keep = np.concatenate([np.arange(l * P, (l + 1) * P) for l in self.plan.layers])
-        full = self.w["per_layer_model_projection"]
-        w = full if len(keep) == full.shape[0] else full.map(lambda a: a[keep], (len(keep), full.shape[1]),
-                                                              name=f"per_layer_model_projection.{self.plan.name}")
-        proj = g.linear(x, w, w.name if w is not full else "per_layer_model_projection")
+        runs, layers = [], list(self.plan.layers)
+        for l in layers:
+            if runs and runs[-1][1] == l:
+                runs[-1][1] = l + 1
+            else:
+                runs.append([l, l + 1])
+        w = self.w["per_layer_model_projection"]
+        parts = [g.linear(x, w, "per_layer_model_projection", None if (a, b) == (0, src.num_layers) else (a * P, b * P))
+                 for a, b in runs]
+        proj = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
         proj = g.op("Mul", proj, g.const(src.hidden_size ** -0.5))
-        proj = g.op("Reshape", proj, g.const([0, len(self.plan.layers), P], np.int64))
+        proj = g.op("Reshape", proj, g.const([0, len(layers), P], np.int64))
         proj = self.rms_norm(proj, "per_layer_projection_norm")
         return g.op("Mul", g.op("Add", proj, ple_tokens), g.const(1 / math.sqrt(2.0)))
 
@@ -257,21 +276,33 @@ class DecoderBuilder:
         return self.linear(out, p + "o_proj")
 
     def mlp(self, x: str, layer: int, width: int) -> str:
+        """down(gelu(sparsify(gate(x))) * up(x)) at FFN width `width`: gate/up use their first
+        `width` rows; down_proj is the sum of the stored column chunks below `width`."""
         g, p = self.g, f"layers.{layer}.mlp."
-        full_width = self.src.intermediate_sizes[layer]
-        if width == full_width:
-            gate, up = self.linear(x, p + "gate_proj"), self.linear(x, p + "up_proj")
-            down = self.w[p + "down_proj"]
-        else:
-            raise NotImplementedError("FFN width slicing")
+        full = self.src.intermediate_sizes[layer]
+        rows = None if width == full else (0, width)
+        gate = self.g.linear(x, self.w[p + "gate_proj"], p + "gate_proj", rows)
+        up = self.g.linear(x, self.w[p + "up_proj"], p + "up_proj", rows)
         sparsity = self.src.activation_sparsity[layer]
-        if sparsity > 0:
+        if sparsity > 0:   # gaussian top-k over the sliced width
             mean = self.mean_last(gate)
             std = g.op("Sqrt", self.mean_last(g.op("Pow", g.op("Sub", gate, mean), g.const(2.0))))
             cutoff = g.op("Add", mean, g.op("Mul", std, g.const(STD_MULTIPLIER[sparsity])))
             gate = g.op("Relu", g.op("Sub", gate, cutoff))
         h = g.op("Mul", g.op("Gelu", gate, approximate="tanh"), up)
-        return self.g.linear(h, down, p + "down_proj")
+        bounds = [b for b in self.chunks[layer] if b <= width]
+        if width not in bounds:
+            raise AssertionError(f"layer {layer}: width {width} is not a chunk boundary {self.chunks[layer]}")
+        if bounds == [0, full]:
+            return self.g.linear(h, self.w[p + "down_proj"], p + "down_proj")
+        down = self.w[p + "down_proj"]
+        parts = []
+        for a, b in zip(bounds, bounds[1:]):
+            key = f"{p}down_proj.{a}:{b}"
+            chunk = self.w.setdefault(key, down.map(lambda m, a=a, b=b: np.ascontiguousarray(m[:, a:b]), (down.shape[0], b - a), key))
+            part = h if len(bounds) == 2 else g.op("Slice", h, g.const([a], np.int64), g.const([b], np.int64), g.const([1], np.int64))
+            parts.append(self.g.linear(part, chunk, key))
+        return parts[0] if len(parts) == 1 else g.op("Sum", *parts)
 
     def router(self, x: str, p: str) -> str:
         g = self.g

@@ -57,8 +57,12 @@ def write_graph(graph: Graph, onnx_path: str, store: WeightStore, progress=None)
     """Write the graph file, its weights going to `store`. Returns the bytes of weights it uses."""
     location = os.path.relpath(store.path, os.path.dirname(onnx_path))
     initializers, used = [], 0
-    for name, lazy in graph.weights.items():
-        offset, length, dtype, shape = store.add(name, lazy)
+    for name, ref in graph.weights.items():
+        offset, length, dtype, shape = store.add(ref.key, ref.lazy)
+        if ref.rows is not None:   # a view: a range of rows is a range of bytes
+            a, b = ref.rows
+            row_bytes = length // shape[0]
+            offset, length, shape = offset + a * row_bytes, (b - a) * row_bytes, (b - a,) + tuple(shape[1:])
         tensor = TensorProto(name=name, data_type=ONNX_TYPES[dtype], dims=list(shape))
         tensor.data_location = TensorProto.EXTERNAL
         for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):

@@ -8,6 +8,7 @@ import sys
 
 from .errors import Gemma3nError
 from .memory import parse_bytes
+from .decoder import DEFAULT_CHUNK
 from .model import DEFAULT_CONTEXT, load
 from .planner import MiB, choose_slice, ledger
 
@@ -69,10 +70,10 @@ def print_plan(args) -> None:
     from .bundle import Bundle
     from .model import demo_bundle_path
     bundle = Bundle.open(args.model or os.environ.get("GEMMA3N_MODEL") or demo_bundle_path())
-    chosen = choose_slice(bundle, args.effective, args.memory_budget, args.context, 256)
+    chosen = choose_slice(bundle, args.effective, args.memory_budget, args.context, DEFAULT_CHUNK)
     print(f"{'slice':<28}{'effective':>12}{'weights':>12}{'KV':>10}{'workspace':>11}{'total':>10}   (MiB, context {args.context})")
     for s in bundle.slices:
-        l = ledger(bundle, s, args.context, 256)
+        l = ledger(bundle.text, s, args.context, DEFAULT_CHUNK, bundle.manifest["quantization"]["decoder"])
         mark = "  <- chosen" if s == chosen else ""
         print(f"{s.name:<28}{s.effective_params / 1e9:>11.3f}B{l.weights / MiB:>12.1f}{l.kv / MiB:>10.1f}"
               f"{l.workspace / MiB:>11.1f}{l.total / MiB:>10.1f}{mark}")

@@ -2,7 +2,7 @@
 needs about the model was written there by the exporter."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
 from .errors import Gemma3nError
 
@@ -11,7 +11,7 @@ SLIDING, FULL = "sliding", "full"
 
 def _from_dict(cls, d: dict, where: str):
     names = {f.name for f in fields(cls)}
-    missing = names - d.keys()
+    missing = {f.name for f in fields(cls) if f.default is MISSING} - d.keys()
     if missing:
         raise Gemma3nError(f"{where}: missing keys {sorted(missing)}")
     return cls(**{k: v for k, v in d.items() if k in names})
@@ -59,7 +59,8 @@ class SliceSpec:
     ffn_widths: tuple[int, ...]        # per kept layer
     caches: tuple[CacheSpec, ...]
     effective_params: int              # decoder parameters without the two embedding tables
-    weight_bytes: int                  # decoder weights (LM head included) as stored
+    weight_bytes: int                  # decoder weights (LM head included) the graph loads
+    published_mmlu: float | None = None   # Google's MMLU (pre-trained) for published slices
 
     @classmethod
     def from_dict(cls, d: dict) -> "SliceSpec":

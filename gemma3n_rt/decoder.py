@@ -33,7 +33,7 @@ class TextDecoder:
         cfg = bundle.text
         if not 1 <= context <= cfg.max_position_embeddings:
             raise Gemma3nError(f"context must be between 1 and {cfg.max_position_embeddings}, got {context}")
-        self.bundle, self.spec, self.cfg, self.context, self.chunk = bundle, spec, cfg, context, chunk
+        self.bundle, self.spec, self.cfg, self.context, self.chunk, self.threads = bundle, spec, cfg, context, chunk, threads
         tables = bundle.manifest["row_tables"]
         self.embed = embed or RowTable(bundle.file(tables["embed"]))
         self.ple = ple or RowTable(bundle.file(tables["ple"]))
@@ -46,6 +46,10 @@ class TextDecoder:
             raise Gemma3nError(f"{graph}: onnxruntime could not load it: {str(e).splitlines()[0]}") from None
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk)
+
+    def close(self) -> None:
+        """Release the session (its resident weights) now rather than at garbage collection."""
+        self.session = None
 
     @property
     def position(self) -> int:

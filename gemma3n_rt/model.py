@@ -10,7 +10,7 @@ from .bundle import Bundle
 from .decoder import DEFAULT_CHUNK, TextDecoder
 from .errors import Gemma3nError
 from .generate import GenerationStats, generate_step
-from .planner import choose_slice
+from .planner import ALIASES, choose_slice
 from .prompt import SpecialTokens, chat_ids, completion_ids, next_turn_ids
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
@@ -53,6 +53,27 @@ class Model:
     @property
     def context(self) -> int:
         return self.decoder.context
+
+    @property
+    def slices(self) -> list[str]:
+        """The bundle's MatFormer catalog."""
+        return [s.name for s in self.bundle.slices]
+
+    def use_slice(self, name: str) -> None:
+        """Switch to another slice of the catalog between requests. The row tables and tokenizer
+        are kept; the old slice's session is released before the new one is created, so the two
+        are never resident together. The KV cache starts empty."""
+        spec = self.bundle.slice(ALIASES.get(name.lower(), name))
+        if spec == self.decoder.spec:
+            return
+        old = self.decoder
+        old.close()
+        self._owner = None
+        try:
+            self.decoder = TextDecoder(self.bundle, spec, old.context, old.threads, old.chunk, old.embed, old.ple)
+        except BaseException:
+            self.decoder = TextDecoder(self.bundle, old.spec, old.context, old.threads, old.chunk, old.embed, old.ple)
+            raise
 
     def prompt_ids(self, prompt: str | list[dict], chat: bool = True) -> list[int]:
         """A string is one user turn (or plain completion text with chat=False); a list is messages."""

@@ -4,36 +4,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .bundle import Bundle
-from .config import FULL, SliceSpec
+from .config import FULL, SliceSpec, TextConfig
 from .errors import Gemma3nError
 from .memory import parse_bytes
 
 MiB = 1 << 20
-FIXED_WORKSPACE = 48 * MiB        # onnxruntime arenas, Python, tokenizer: measured on the demo bundle
+# Measured (bench/ledger_check.py): onnxruntime's session, arenas and Python objects of a loaded
+# decoder, beyond its weights; and how much larger MatMulNBits weights are once prepacked (int4
+# blocks of 32 gain a float block sum beside each scale).
+SESSION_OVERHEAD = 28 * MiB
+PREPACK = {"int4": 1.2, "int8": 1.11, "fp32": 1.0}
 ALIASES = {"2b": "E2B", "4b": "E4B"}
 
 
 @dataclass(frozen=True)
 class Ledger:
     slice: SliceSpec
-    weights: int          # decoder weights incl. the LM head, resident once loaded
+    weights: int          # decoder weights incl. the LM head, resident once loaded (prepacked)
     kv: int               # KV caches at the chosen context
-    workspace: int        # activations of one prefill chunk plus fixed overhead
+    workspace: int        # activations of one prefill chunk plus the session's fixed overhead
 
     @property
     def total(self) -> int:
         return self.weights + self.kv + self.workspace
 
 
-def ledger(bundle: Bundle, spec: SliceSpec, context: int, chunk: int) -> Ledger:
-    cfg = bundle.text
+def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: str = "int4") -> Ledger:
     per_position = 2 * cfg.num_kv_heads * cfg.head_dim * 4          # K and V, float32
     kv = sum(per_position * (context if c.type == FULL else min(context, cfg.sliding_window - 1 + chunk))
              for c in spec.caches)
-    # per chunk: 4 AltUp streams and a few temporaries of hidden size, the FFN, attention scores
-    width = max(spec.ffn_widths)
-    activations = chunk * 4 * (8 * cfg.hidden_size + 3 * width) + cfg.num_attention_heads * chunk * context * 4
-    return Ledger(spec, spec.weight_bytes, kv, FIXED_WORKSPACE + activations + cfg.vocab_size * 4)
+    # live intermediates of one chunk: AltUp streams and norms of hidden size, the FFN, and
+    # attention scores over the whole context (scores, masked, softmax)
+    t = min(chunk, context)
+    activations = 4 * t * (24 * cfg.hidden_size + 4 * max(spec.ffn_widths)) + 3 * 4 * cfg.num_attention_heads * t * context
+    weights = int(spec.weight_bytes * PREPACK.get(quant, 1.0))
+    return Ledger(spec, weights, kv, SESSION_OVERHEAD + activations + 4 * cfg.vocab_size)
 
 
 def available_memory() -> int:
@@ -52,7 +57,9 @@ def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: 
     if effective and effective.lower() != "auto":
         return bundle.slice(ALIASES.get(effective.lower(), effective))
     budget = parse_bytes(memory_budget) if memory_budget is not None else available_memory()
-    ledgers = sorted((ledger(bundle, s, context, chunk) for s in bundle.slices), key=lambda l: l.slice.effective_params)
+    quant = bundle.manifest["quantization"]["decoder"]
+    ledgers = sorted((ledger(bundle.text, s, context, chunk, quant) for s in bundle.slices),
+                     key=lambda l: l.slice.effective_params)
     fitting = [l for l in ledgers if l.total <= budget]
     if fitting:
         return fitting[-1].slice

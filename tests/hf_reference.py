@@ -29,11 +29,16 @@ def tiny_text_config(num_layers=10, num_kv_shared_layers=4, sliding_window=8, wi
     return Gemma3nTextConfig(**kw)
 
 
-def reference_model(cfg: Gemma3nTextConfig, seed: int, embed_std: float | None = None) -> Gemma3nForCausalLM:
+def reference_model(cfg: Gemma3nTextConfig, seed: int, embed_std: float | None = None,
+                    gain: float = 1.0, altup_std: float = 0.3) -> Gemma3nForCausalLM:
     """A random model whose weights are varied enough to exercise every op (not the init defaults).
 
     With the default embedding scale the next-token distribution is nearly flat; embed_std=1
-    makes it peaked, as a trained model's is, so that top-1 agreement means something."""
+    makes it peaked, as a trained model's is, so that top-1 agreement means something. Matrices
+    are N(0, gain^2 / fan_in): at gain 1 a deep random stack is chaotic and amplifies float32
+    rounding layer by layer; gain < 1 keeps it tame, as trained networks are. AltUp multiplies
+    the streams by (1 + coefficients) in every layer: over 35 layers, altup_std 0.3 grows them
+    (and any rounding error) exponentially, so deep models use a smaller one."""
     torch.manual_seed(seed)
     model = Gemma3nForCausalLM(cfg).eval().float()
     with torch.no_grad():
@@ -41,9 +46,9 @@ def reference_model(cfg: Gemma3nTextConfig, seed: int, embed_std: float | None =
             if p.ndim == 1:   # norms and scales: around 1, so nothing vanishes
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif "altup" in name and ("coefs" in name):
-                p.copy_(0.3 * torch.randn_like(p))
+                p.copy_(altup_std * torch.randn_like(p))
             else:
-                std = embed_std if (embed_std and name.endswith("embed_tokens.weight")) else p.shape[-1] ** -0.5
+                std = embed_std if (embed_std and name.endswith("embed_tokens.weight")) else gain * p.shape[-1] ** -0.5
                 p.copy_(torch.randn_like(p) * std)
     return model
 

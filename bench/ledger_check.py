@@ -1,0 +1,54 @@
+"""Measure a slice's resident memory against its ledger, in a fresh process.
+
+    python bench/ledger_check.py BUNDLE SLICE [--context N] [--prompt-tokens N]
+
+Prints one JSON line: the ledger's parts and total, and the measured growth of RssAnon from
+before `load` to after a prefill of --prompt-tokens and 16 decode steps.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+import gemma3n_rt  # noqa: E402
+from gemma3n_rt.decoder import DEFAULT_CHUNK  # noqa: E402
+from gemma3n_rt.memory import rss  # noqa: E402
+from gemma3n_rt.planner import ledger  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("bundle")
+    p.add_argument("slice")
+    p.add_argument("--context", type=int, default=2048)
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args()
+    gc.collect()
+    before = rss()
+    model = gemma3n_rt.load(a.bundle, effective=a.slice, context=a.context, threads=a.threads)
+    loaded = rss()
+    ids = [2] + np.random.default_rng(0).integers(3, model.bundle.text.vocab_size_per_layer_input,
+                                                  a.prompt_tokens - 1).tolist()
+    model.generate_ids(ids, 16, stop_ids=())
+    after = rss()
+    led = ledger(model.bundle.text, model.decoder.spec, a.context, DEFAULT_CHUNK,
+                 model.bundle.manifest["quantization"]["decoder"])
+    print(json.dumps({"slice": a.slice, "context": a.context, "ledger": {"weights": led.weights, "kv": led.kv,
+                      "workspace": led.workspace, "total": led.total},
+                      "rss_anon_after_load": loaded["anon"] - before["anon"],
+                      "rss_anon_after_generate": after["anon"] - before["anon"],
+                      "peak_rss_anon": model.last_stats.peak.anon - before["anon"],
+                      "decode_tps": round(model.last_stats.decode_tps, 2),
+                      "prefill_tps": round(model.last_stats.prefill_tps, 2)}))
+
+
+if __name__ == "__main__":
+    main()
