@@ -2,6 +2,7 @@
 random weights from a seed, written tensor by tensor so even a 10 GB checkpoint needs little RAM.
 
     python bench/synthetic.py e2b OUT_DIR [--dtype bf16]     # real E2B shapes (about 9 GB in bf16)
+    python bench/synthetic.py e4b|medium OUT_DIR
 """
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ E4B = {"model_type": "gemma3n_text", "hidden_size": 2048, "num_hidden_layers": 3
        "pad_token_id": 0, "eos_token_id": [1, 106], "bos_token_id": 2, "tie_word_embeddings": True}
 E2B = {**E4B, "num_hidden_layers": 30, "intermediate_size": [8192] * 30, "num_kv_shared_layers": 10,
        "activation_sparsity_pattern": [0.95] * 10 + [0.0] * 20}
-SHAPES = {"e2b": E2B, "e4b": E4B}
+# E4B's structure at a quarter of the width: big enough that the weights dominate memory, small
+# enough for a test (about 230 M parameters).
+MEDIUM = {**E4B, "hidden_size": 512, "intermediate_size": [2048] * 35, "num_attention_heads": 4, "head_dim": 128,
+          "hidden_size_per_layer_input": 64, "vocab_size": 32768 + 64, "vocab_size_per_layer_input": 32768,
+          "laurel_rank": 32}
+SHAPES = {"e2b": E2B, "e4b": E4B, "medium": MEDIUM}
 DTYPES = {"f32": ("F32", 4), "bf16": ("BF16", 2)}
 SHARD_BYTES = 2 << 30
 

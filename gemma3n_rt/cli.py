@@ -71,12 +71,15 @@ def print_plan(args) -> None:
     from .model import demo_bundle_path
     bundle = Bundle.open(args.model or os.environ.get("GEMMA3N_MODEL") or demo_bundle_path())
     chosen = choose_slice(bundle, args.effective, args.memory_budget, args.context, DEFAULT_CHUNK)
-    print(f"{'slice':<28}{'effective':>12}{'weights':>12}{'KV':>10}{'workspace':>11}{'total':>10}   (MiB, context {args.context})")
-    for s in bundle.slices:
-        l = ledger(bundle.text, s, args.context, DEFAULT_CHUNK, bundle.manifest["quantization"]["decoder"])
+    quant = bundle.manifest["quantization"]["decoder"]
+    print(f"{'slice':<16}{'effective':>11}{'MMLU':>7}{'weights':>10}{'KV':>9}{'workspace':>11}{'total':>10}"
+          f"   MiB at context {args.context}")
+    for s in sorted(bundle.slices, key=lambda s: s.effective_params):
+        l = ledger(bundle.text, s, args.context, DEFAULT_CHUNK, quant)
+        mmlu = f"{s.published_mmlu:.1f}" if s.published_mmlu is not None else "-"
         mark = "  <- chosen" if s == chosen else ""
-        print(f"{s.name:<28}{s.effective_params / 1e9:>11.3f}B{l.weights / MiB:>12.1f}{l.kv / MiB:>10.1f}"
-              f"{l.workspace / MiB:>11.1f}{l.total / MiB:>10.1f}{mark}")
+        print(f"{s.name:<16}{s.effective_params / 1e9:>10.2f}B{mmlu:>7}{l.weights / MiB:>10.0f}{l.kv / MiB:>9.0f}"
+              f"{l.workspace / MiB:>11.0f}{l.total / MiB:>10.0f}{mark}")
 
 
 def main(argv=None) -> int:

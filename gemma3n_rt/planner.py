@@ -33,10 +33,11 @@ def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: st
     per_position = 2 * cfg.num_kv_heads * cfg.head_dim * 4          # K and V, float32
     kv = sum(per_position * (context if c.type == FULL else min(context, cfg.sliding_window - 1 + chunk))
              for c in spec.caches)
-    # live intermediates of one chunk: AltUp streams and norms of hidden size, the FFN, and
-    # attention scores over the whole context (scores, masked, softmax)
+    # onnxruntime's arena after a full chunk: its high-water mark per token of the chunk, fitted
+    # (bench/ledger_check.py) on real-shape E2B/E4B and a medium model: 52 floats per hidden unit,
+    # 25 per FFN unit and 3 per attention score
     t = min(chunk, context)
-    activations = 4 * t * (24 * cfg.hidden_size + 4 * max(spec.ffn_widths)) + 3 * 4 * cfg.num_attention_heads * t * context
+    activations = 4 * t * (52 * cfg.hidden_size + 25 * max(spec.ffn_widths) + 3 * cfg.num_attention_heads * context)
     weights = int(spec.weight_bytes * PREPACK.get(quant, 1.0))
     return Ledger(spec, weights, kv, SESSION_OVERHEAD + activations + 4 * cfg.vocab_size)
 
