@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gemma3n_rt.config import FULL, SLIDING, CacheSpec
+from gemma3n_rt.config import CacheSpec
 from .checkpoint import Checkpoint, Lazy
+from .decoder_common import DecoderGraph
 from .hf_config import Gemma3nSource
-from .onnx_graph import FLOAT, INT64, Graph
-
-NEG_INF = float(np.finfo(np.float32).min)
+from .onnx_graph import FLOAT, Graph
 # Φ⁻¹(0.95) as float32, the gaussian top-k cutoff of the sparse layers (transformers computes it the same way).
 STD_MULTIPLIER = {0.95: 1.6448535919189453}
 
@@ -110,29 +109,13 @@ def cache_table(src: Gemma3nSource, plan: SlicePlan) -> tuple[list[CacheSpec], d
     return caches, index
 
 
-class DecoderBuilder:
+class DecoderBuilder(DecoderGraph):
     def __init__(self, src: Gemma3nSource, weights: dict[str, Lazy], plan: SlicePlan,
                  chunks: dict[int, tuple[int, ...]] | None = None):
-        self.src, self.w, self.plan = src, weights, plan
+        super().__init__(src, weights, f"gemma3n_decoder_{plan.name}")
+        self.plan = plan
         self.chunks = chunks or down_chunks(src, [plan])
-        self.g = Graph(f"gemma3n_decoder_{plan.name}")
         self.caches, self.cache_of = cache_table(src, plan)
-
-    # -- small pieces -------------------------------------------------------------------------
-    def weight(self, key: str) -> str:
-        return self.g.weight(key, self.w[key])
-
-    def linear(self, x: str, key: str) -> str:
-        return self.g.linear(x, self.w[key], key)
-
-    def mean_last(self, x: str) -> str:
-        return self.g.op("ReduceMean", x, self.g.const([-1], np.int64), keepdims=1)
-
-    def rms_norm(self, x: str, key: str | None) -> str:
-        g = self.g
-        ms = self.mean_last(g.op("Pow", x, g.const(2.0)))
-        y = g.op("Div", x, g.op("Sqrt", g.op("Add", ms, g.const(self.src.rms_norm_eps))))
-        return g.op("Mul", y, self.weight(key)) if key else y
 
     def rms_rescale(self, x: str, target_rms: str) -> str:
         """x scaled to the given RMS; the mean square is clamped at 1e-5 as in the reference."""
@@ -140,28 +123,20 @@ class DecoderBuilder:
         ms = g.op("Max", self.mean_last(g.op("Pow", x, g.const(2.0))), g.const(1e-5))
         return g.op("Div", g.op("Mul", x, target_rms), g.op("Sqrt", ms))
 
-    def rms(self, x: str) -> str:
-        return self.g.op("Sqrt", self.mean_last(self.g.op("Pow", x, self.g.const(2.0))))
-
     def stream(self, H: str, k: int) -> str:
         return self.g.op("Gather", H, self.g.const(k, np.int64), axis=1)  # [T, N, D] -> [T, D]
 
     # -- the graph ----------------------------------------------------------------------------
     def build(self) -> Graph:
         g, src = self.g, self.src
-        Ls, P, D, N = len(self.plan.layers), src.hidden_size_per_layer_input, src.hidden_size, src.altup_num_inputs
-        x = g.input("inputs_embeds", FLOAT, ["T", D])
+        Ls, P, N = len(self.plan.layers), src.hidden_size_per_layer_input, src.altup_num_inputs
+        x, positions, past = self.inputs()
         ple_tokens = g.input("per_layer_tokens", FLOAT, ["T", Ls, P])
-        positions = g.input("positions", INT64, ["T"])
-        past = []
-        for c, cache in enumerate(self.caches):
-            shape = [f"past_{cache.type}", src.num_kv_heads, src.head_dim]
-            past.append((g.input(f"past_key.{c}", FLOAT, shape), g.input(f"past_value.{c}", FLOAT, shape)))
 
         with g.scope("per_layer_inputs"):
             per_layer = self.per_layer_inputs(x, ple_tokens)
         with g.scope("rope"):
-            rope = {t: self.rope(positions, src.rope_theta[t]) for t in (SLIDING, FULL)}
+            rope = self.rope(positions)
         with g.scope("mask"):
             masks = self.masks(positions, past)
         with g.scope("altup_init"):
@@ -169,26 +144,19 @@ class DecoderBuilder:
             streams = [x] + [self.rms_rescale(self.linear(x, f"altup_projections.{k}"), target) for k in range(N - 1)]
             H = g.op("Concat", *[g.op("Unsqueeze", s, g.const([1], np.int64)) for s in streams], axis=1)  # [T, N, D]
 
-        kv: dict[int, tuple[str, str]] = {}   # cache index -> (K [KV, Dh, S], V [KV, S, Dh])
+        kv: dict[int, tuple[str, str]] = {}   # cache index -> (K [KV, 1, Dh, S], V [KV, 1, S, Dh])
         for j, layer in enumerate(self.plan.layers):
             with g.scope(f"layers.{layer}"):
                 pli = g.op("Gather", per_layer, g.const(j, np.int64), axis=1)  # [T, P]
                 H = self.layer(H, layer, j, pli, rope, masks, past, kv)
 
         with g.scope("final"):
-            last = g.op("Slice", H, g.const([-1], np.int64), g.const([2**62], np.int64), g.const([0], np.int64))
+            last = self.last_position(H)
             h0 = self.stream(last, 0)
             target = self.rms(h0)
             outs = [h0] + [self.rms_rescale(self.linear(self.stream(last, k), f"altup_unembed_projections.{k - 1}"), target)
                            for k in range(1, N)]
-            h = g.op("Div", g.op("Sum", *outs), g.const(float(N)))
-            h = self.rms_norm(h, "norm")
-            logits = self.g.linear(h, self.w["embed_tokens"], "lm_head")   # tied to the embedding
-            cap = src.final_logit_softcapping
-            if cap:
-                logits = g.op("Mul", g.op("Tanh", g.op("Div", logits, g.const(cap))), g.const(cap))
-            logits = g.op("Reshape", logits, g.const([src.vocab_size], np.int64))
-        g.output(logits, "logits", FLOAT, [src.vocab_size])
+            self.lm_head(g.op("Div", g.op("Sum", *outs), g.const(float(N))))
         return g
 
     def per_layer_inputs(self, x: str, ple_tokens: str) -> str:
@@ -209,71 +177,6 @@ class DecoderBuilder:
         proj = g.op("Reshape", proj, g.const([0, len(layers), P], np.int64))
         proj = self.rms_norm(proj, "per_layer_projection_norm")
         return g.op("Mul", g.op("Add", proj, ple_tokens), g.const(1 / math.sqrt(2.0)))
-
-    def rope(self, positions: str, theta: float) -> tuple[str, str]:
-        g, Dh = self.g, self.src.head_dim
-        inv_freq = 1.0 / (theta ** (np.arange(0, Dh, 2, dtype=np.int64).astype(np.float32) / Dh))
-        freqs = g.op("Mul", g.op("Unsqueeze", g.op("Cast", positions, to=FLOAT), g.const([1], np.int64)),
-                     g.const(inv_freq.astype(np.float32)))                           # [T, Dh/2]
-        emb = g.op("Unsqueeze", g.op("Concat", freqs, freqs, axis=-1), g.const([1], np.int64))  # [T, 1, Dh]
-        return g.op("Cos", emb), g.op("Sin", emb)
-
-    def masks(self, positions: str, past) -> dict[str, str]:
-        """Additive masks [T, S] per layer type. Cached keys hold contiguous positions that end
-        just before positions[0], so key j of S has position positions[0] - past_len + j."""
-        g, out = self.g, {}
-        q = g.op("Unsqueeze", positions, g.const([1], np.int64))                           # [T, 1]
-        first = g.op("Slice", positions, g.const([0], np.int64), g.const([1], np.int64))   # [1]
-        t = g.op("Shape", positions)
-        for kind in (SLIDING, FULL):
-            c = next((i for i, cache in enumerate(self.caches) if cache.type == kind), None)
-            if c is None:
-                continue
-            p = g.op("Shape", past[c][0], start=0, end=1)
-            start = g.op("Sub", first, p)
-            k = g.op("Add", g.op("Range", g.const(0, np.int64), g.op("Squeeze", g.op("Add", p, t)), g.const(1, np.int64)),
-                     start)                                                                # [S]
-            k = g.op("Unsqueeze", k, g.const([0], np.int64))                               # [1, S]
-            ok = g.op("LessOrEqual", k, q)
-            if kind == SLIDING:
-                ok = g.op("And", ok, g.op("Greater", k, g.op("Sub", q, g.const(self.src.sliding_window, np.int64))))
-            out[kind] = g.op("Where", ok, g.const(0.0), g.const(NEG_INF))
-        return out
-
-    def apply_rope(self, x: str, cos: str, sin: str) -> str:
-        g, half = self.g, self.src.head_dim // 2
-        x1, x2 = g.op("Split", x, g.const([half, half], np.int64), axis=-1, outputs=2)
-        rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
-        return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
-
-    def attention(self, x: str, layer: int, rope, masks, past, kv) -> str:
-        g, src = self.g, self.src
-        H, KV, Dh = src.num_attention_heads, src.num_kv_heads, src.head_dim
-        kind = src.layer_types[layer]
-        cos, sin = rope[kind]
-        p = f"layers.{layer}.self_attn."
-        q = g.op("Reshape", self.linear(x, p + "q_proj"), g.const([0, H, Dh], np.int64))
-        q = self.apply_rope(self.rms_norm(q, p + "q_norm"), cos, sin)                      # [T, H, Dh]
-        c = self.cache_of[layer]
-        if self.caches[c].source_layer == layer:
-            k = g.op("Reshape", self.linear(x, p + "k_proj"), g.const([0, KV, Dh], np.int64))
-            k = self.apply_rope(self.rms_norm(k, p + "k_norm"), cos, sin)                  # [T, KV, Dh]
-            v = self.rms_norm(g.op("Reshape", self.linear(x, p + "v_proj"), g.const([0, KV, Dh], np.int64)), None)
-            g.output(k, f"new_key.{c}", FLOAT, ["T", KV, Dh])
-            g.output(v, f"new_value.{c}", FLOAT, ["T", KV, Dh])
-            unsq = g.const([1], np.int64)
-            keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0]), unsq)
-            values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2]), unsq)
-            kv[c] = (keys, values)                                                          # [KV,1,Dh,S], [KV,1,S,Dh]
-        keys, values = kv[c]
-        # Query heads grouped by the KV head they read: head h uses KV head h // (H / KV).
-        group = H // KV
-        qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, group, Dh], np.int64)), perm=[1, 2, 0, 3])
-        scores = g.op("MatMul", qg, keys)                                                   # [KV, G, T, S], scale 1.0
-        probs = g.op("Softmax", g.op("Add", scores, masks[kind]), axis=-1)
-        out = g.op("MatMul", probs, values)                                                 # [KV, G, T, Dh]
-        out = g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
-        return self.linear(out, p + "o_proj")
 
     def mlp(self, x: str, layer: int, width: int) -> str:
         """down(gelu(sparsify(gate(x))) * up(x)) at FFN width `width`: gate/up use their first

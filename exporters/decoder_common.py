@@ -1,0 +1,149 @@
+"""What every Gemma decoder graph shares: graph inputs, RMSNorm, RoPE, masks, grouped-query
+attention over the KV caches, and the tied, softcapped LM head of the last position.
+
+Subclasses (one builder per architecture) set `self.caches` (the KV caches, in graph order) and
+`self.cache_of` (layer -> cache index) and write the layers. Shape comments use T = tokens in
+the chunk, S = past + T.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gemma3n_rt.config import FULL, SLIDING, CacheSpec
+from .checkpoint import Lazy
+from .onnx_graph import FLOAT, INT64, Graph
+
+NEG_INF = float(np.finfo(np.float32).min)
+
+
+class DecoderGraph:
+    caches: list[CacheSpec]
+    cache_of: dict[int, int]
+
+    def __init__(self, src, weights: dict[str, Lazy], graph_name: str):
+        self.src, self.w = src, weights
+        self.g = Graph(graph_name)
+
+    # -- small pieces -------------------------------------------------------------------------
+    def weight(self, key: str) -> str:
+        return self.g.weight(key, self.w[key])
+
+    def linear(self, x: str, key: str) -> str:
+        return self.g.linear(x, self.w[key], key)
+
+    def mean_last(self, x: str) -> str:
+        return self.g.op("ReduceMean", x, self.g.const([-1], np.int64), keepdims=1)
+
+    def rms_norm(self, x: str, key: str | None) -> str:
+        """x / sqrt(mean(x^2) + eps), times the stored scale (the exporter has already turned a
+        Gemma 3 style (1 + w) into a plain scale)."""
+        g = self.g
+        ms = self.mean_last(g.op("Pow", x, g.const(2.0)))
+        y = g.op("Div", x, g.op("Sqrt", g.op("Add", ms, g.const(self.src.rms_norm_eps))))
+        return g.op("Mul", y, self.weight(key)) if key else y
+
+    def rms(self, x: str) -> str:
+        return self.g.op("Sqrt", self.mean_last(self.g.op("Pow", x, self.g.const(2.0))))
+
+    # -- inputs, positions, masks -------------------------------------------------------------
+    def inputs(self) -> tuple[str, str, list[tuple[str, str]]]:
+        g, src = self.g, self.src
+        x = g.input("inputs_embeds", FLOAT, ["T", src.hidden_size])
+        positions = g.input("positions", INT64, ["T"])
+        past = []
+        for c, cache in enumerate(self.caches):
+            shape = [f"past_{cache.type}", src.num_kv_heads, src.head_dim]
+            past.append((g.input(f"past_key.{c}", FLOAT, shape), g.input(f"past_value.{c}", FLOAT, shape)))
+        return x, positions, past
+
+    def rope(self, positions: str) -> dict[str, tuple[str, str]]:
+        """cos and sin [T, 1, Dh] per layer type (non-interleaved, θ per type)."""
+        g, Dh, out = self.g, self.src.head_dim, {}
+        for kind in (SLIDING, FULL):
+            theta = self.src.rope_theta[kind]
+            inv_freq = 1.0 / (theta ** (np.arange(0, Dh, 2, dtype=np.int64).astype(np.float32) / Dh))
+            freqs = g.op("Mul", g.op("Unsqueeze", g.op("Cast", positions, to=FLOAT), g.const([1], np.int64)),
+                         g.const(inv_freq.astype(np.float32)))                           # [T, Dh/2]
+            emb = g.op("Unsqueeze", g.op("Concat", freqs, freqs, axis=-1), g.const([1], np.int64))
+            out[kind] = (g.op("Cos", emb), g.op("Sin", emb))
+        return out
+
+    def masks(self, positions: str, past) -> dict[str, str]:
+        """Additive masks [T, S] per layer type. Cached keys hold contiguous positions that end
+        just before positions[0], so key j of S has position positions[0] - past_len + j."""
+        g, out = self.g, {}
+        q = g.op("Unsqueeze", positions, g.const([1], np.int64))                           # [T, 1]
+        first = g.op("Slice", positions, g.const([0], np.int64), g.const([1], np.int64))   # [1]
+        t = g.op("Shape", positions)
+        for kind in (SLIDING, FULL):
+            c = next((i for i, cache in enumerate(self.caches) if cache.type == kind), None)
+            if c is None:
+                continue
+            p = g.op("Shape", past[c][0], start=0, end=1)
+            start = g.op("Sub", first, p)
+            k = g.op("Add", g.op("Range", g.const(0, np.int64), g.op("Squeeze", g.op("Add", p, t)), g.const(1, np.int64)),
+                     start)                                                                # [S]
+            k = g.op("Unsqueeze", k, g.const([0], np.int64))                               # [1, S]
+            ok = g.op("LessOrEqual", k, q)
+            if kind == SLIDING:
+                ok = g.op("And", ok, g.op("Greater", k, g.op("Sub", q, g.const(self.src.sliding_window, np.int64))))
+            out[kind] = g.op("Where", ok, g.const(0.0), g.const(NEG_INF))
+        return out
+
+    def apply_rope(self, x: str, cos: str, sin: str) -> str:
+        g, half = self.g, self.src.head_dim // 2
+        x1, x2 = g.op("Split", x, g.const([half, half], np.int64), axis=-1, outputs=2)
+        rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+        return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+
+    # -- attention ----------------------------------------------------------------------------
+    def attention(self, x: str, layer: int, rope, masks, past, kv, scale: float = 1.0, v_norm: bool = True) -> str:
+        """Self-attention of `layer` over its cache. A layer that owns its cache writes the chunk's
+        K (after k_norm and RoPE) and V (after the weightless v_norm, if any) as outputs; a
+        KV-shared layer reuses what its source layer built."""
+        g, src = self.g, self.src
+        H, KV, Dh = src.num_attention_heads, src.num_kv_heads, src.head_dim
+        kind = src.layer_types[layer]
+        cos, sin = rope[kind]
+        p = f"layers.{layer}.self_attn."
+        q = g.op("Reshape", self.linear(x, p + "q_proj"), g.const([0, H, Dh], np.int64))
+        q = self.apply_rope(self.rms_norm(q, p + "q_norm"), cos, sin)                      # [T, H, Dh]
+        c = self.cache_of[layer]
+        if self.caches[c].source_layer == layer:
+            k = g.op("Reshape", self.linear(x, p + "k_proj"), g.const([0, KV, Dh], np.int64))
+            k = self.apply_rope(self.rms_norm(k, p + "k_norm"), cos, sin)                  # [T, KV, Dh]
+            v = g.op("Reshape", self.linear(x, p + "v_proj"), g.const([0, KV, Dh], np.int64))
+            if v_norm:
+                v = self.rms_norm(v, None)
+            g.output(k, f"new_key.{c}", FLOAT, ["T", KV, Dh])
+            g.output(v, f"new_value.{c}", FLOAT, ["T", KV, Dh])
+            unsq = g.const([1], np.int64)
+            keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0]), unsq)
+            values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2]), unsq)
+            kv[c] = (keys, values)                                                          # [KV,1,Dh,S], [KV,1,S,Dh]
+        keys, values = kv[c]
+        # Query heads grouped by the KV head they read: head h uses KV head h // (H / KV).
+        group = H // KV
+        qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, group, Dh], np.int64)), perm=[1, 2, 0, 3])
+        scores = g.op("MatMul", qg, keys)                                                   # [KV, G, T, S]
+        if scale != 1.0:
+            scores = g.op("Mul", scores, g.const(scale))
+        probs = g.op("Softmax", g.op("Add", scores, masks[kind]), axis=-1)
+        out = g.op("MatMul", probs, values)                                                 # [KV, G, T, Dh]
+        out = g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
+        return self.linear(out, p + "o_proj")
+
+    # -- output -------------------------------------------------------------------------------
+    def lm_head(self, h: str) -> None:
+        """norm, the tied LM head and the softcap on the last position's hidden state [1, D]."""
+        g, src = self.g, self.src
+        h = self.rms_norm(h, "norm")
+        logits = g.linear(h, self.w["embed_tokens"], "lm_head")
+        cap = src.final_logit_softcapping
+        if cap:
+            logits = g.op("Mul", g.op("Tanh", g.op("Div", logits, g.const(cap))), g.const(cap))
+        g.output(g.op("Reshape", logits, g.const([src.vocab_size], np.int64)), "logits", FLOAT, [src.vocab_size])
+
+    def last_position(self, x: str) -> str:
+        g = self.g
+        return g.op("Slice", x, g.const([-1], np.int64), g.const([2**62], np.int64), g.const([0], np.int64))
