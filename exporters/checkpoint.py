@@ -37,8 +37,60 @@ def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
     return bf16_to_f32(np.asarray(a)) if dtype == "BF16" else np.asarray(a, dtype=np.float32)
 
 
-class Checkpoint:
+class TensorSource:
+    """Hands out a checkpoint's tensors by Hugging Face name, each once, with its shape checked;
+    `finish()` then checks that every tensor was either taken or explicitly ignored."""
+    dir: str
+    config: dict
+
+    def __init__(self):
+        self.used: set[str] = set()
+        self.ignored: set[str] = set()
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def dtype(self, name: str) -> str:
+        raise NotImplementedError
+
+    def _lazy(self, name: str, shape: tuple[int, ...]) -> Lazy:
+        raise NotImplementedError
+
+    def has(self, name: str) -> bool:
+        return name in self.names()
+
+    def take(self, name: str, shape: tuple[int, ...]) -> Lazy:
+        """Claim tensor `name` (exactly once), checking its shape; it is read only when loaded."""
+        if not self.has(name):
+            raise Gemma3nError(f"checkpoint {self.dir}: missing tensor {name}")
+        if tuple(self.shape(name)) != tuple(shape):
+            raise Gemma3nError(f"checkpoint {self.dir}: tensor {name} has shape {list(self.shape(name))}, "
+                               f"expected {list(shape)}")
+        if name in self.used:
+            raise AssertionError(f"tensor {name} used twice by the exporter")
+        self.used.add(name)
+        return self._lazy(name, tuple(shape))
+
+    def ignore(self, pattern: str) -> None:
+        """Mark every tensor whose name matches the regular expression as deliberately unused."""
+        rx = re.compile(pattern)
+        self.ignored.update(n for n in self.names() if rx.fullmatch(n))
+
+    def finish(self) -> None:
+        left = sorted(set(self.names()) - self.used - self.ignored)
+        if left:
+            more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
+            raise Gemma3nError(f"checkpoint {self.dir}: unexpected tensors {', '.join(left[:5])}{more}")
+
+
+class Checkpoint(TensorSource):
+    """A Hugging Face checkpoint directory: config.json and (sharded) safetensors."""
+
     def __init__(self, directory: str):
+        super().__init__()
         self.dir = os.fspath(directory)
         if not os.path.isdir(self.dir):
             raise Gemma3nError(f"{self.dir}: checkpoint directory not found")
@@ -59,8 +111,6 @@ class Checkpoint:
             self.files[fname] = st
             for name in st.tensors:
                 self.where[name] = fname
-        self.used: set[str] = set()
-        self.ignored: set[str] = set()
 
     def _shard_names(self) -> list[str]:
         index = os.path.join(self.dir, "model.safetensors.index.json")
@@ -76,36 +126,21 @@ class Checkpoint:
             raise Gemma3nError(f"{self.dir}: no model*.safetensors files")
         return names
 
+    def names(self):
+        return self.where.keys()
+
     def has(self, name: str) -> bool:
         return name in self.where
 
     def info(self, name: str):
-        if name not in self.where:
-            raise Gemma3nError(f"checkpoint {self.dir}: missing tensor {name}")
         return self.files[self.where[name]].tensors[name]
 
-    def take(self, name: str, shape: tuple[int, ...]) -> Lazy:
-        """Claim tensor `name` (exactly once), checking its shape; it is read only when loaded."""
-        info = self.info(name)
-        if tuple(info.shape) != tuple(shape):
-            raise Gemma3nError(f"checkpoint {self.dir}: tensor {name} has shape {list(info.shape)}, expected {list(shape)}")
-        if name in self.used:
-            raise AssertionError(f"tensor {name} used twice by the exporter")
-        self.used.add(name)
-        st = self.files[self.where[name]]
-        return Lazy(name, tuple(shape), lambda: to_f32(st.array(name), info.dtype),
-                    lambda a, b: to_f32(st.array(name)[a:b], info.dtype))
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info(name).shape
 
     def dtype(self, name: str) -> str:
         return self.info(name).dtype
 
-    def ignore(self, pattern: str) -> None:
-        """Mark every tensor whose name matches the regular expression as deliberately unused."""
-        rx = re.compile(pattern)
-        self.ignored.update(n for n in self.where if rx.fullmatch(n))
-
-    def finish(self) -> None:
-        left = sorted(set(self.where) - self.used - self.ignored)
-        if left:
-            more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
-            raise Gemma3nError(f"checkpoint {self.dir}: unexpected tensors {', '.join(left[:5])}{more}")
+    def _lazy(self, name: str, shape: tuple[int, ...]) -> Lazy:
+        st, dtype = self.files[self.where[name]], self.info(name).dtype
+        return Lazy(name, shape, lambda: to_f32(st.array(name), dtype), lambda a, b: to_f32(st.array(name)[a:b], dtype))

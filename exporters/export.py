@@ -7,7 +7,6 @@ import os
 import shutil
 import time
 
-import numpy as np
 from tqdm import tqdm
 
 from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, sha256_file
@@ -17,15 +16,23 @@ from gemma3n_rt.errors import Gemma3nError
 from gemma3n_rt.planner import ledger
 from gemma3n_rt.prompt import SpecialTokens
 from gemma3n_rt.tokenizer import Tokenizer
-from .checkpoint import Checkpoint
-from .hf_config import parse_gemma3n
-from .matformer import select
+from .checkpoint import Checkpoint, TensorSource
+from .hf_config import architecture
+from .architectures import ARCHITECTURES
 from .quantize import quantize_graph
-from .text_decoder import DecoderBuilder, SlicePlan, down_chunks, take_text_weights, text_tensor_shapes
+from .text_decoder import SlicePlan
 from .writer import WeightStore, write_graph, write_row_table
 
 QUANT_MODES = ("int4", "int8", "fp32")
 TABLE_DTYPES = ("int8", "fp16", "fp32")
+
+
+def open_checkpoint(path: str) -> TensorSource:
+    """A Hugging Face checkpoint directory, or a .gguf file."""
+    if os.path.isfile(path):
+        from .gguf_checkpoint import GGUFCheckpoint
+        return GGUFCheckpoint(path)
+    return Checkpoint(path)
 
 
 def check_tokenizer(path: str, vocab_size: int) -> None:
@@ -39,26 +46,6 @@ def check_tokenizer(path: str, vocab_size: int) -> None:
         raise Gemma3nError(f"{path}: {tok.vocab_size} pieces, more than the model's vocab_size {vocab_size}")
 
 
-def effective_params(src, plan: SlicePlan) -> int:
-    """Decoder parameters of a slice without the two embedding tables (Google's "effective"
-    count, less the unused K/V weights of KV-shared layers)."""
-    total = 0
-    for key, shape in text_tensor_shapes(src).items():
-        if key in ("embed_tokens", "embed_tokens_per_layer"):
-            continue
-        n = int(np.prod(shape))
-        if key.startswith("layers."):
-            layer = int(key.split(".")[1])
-            if layer not in plan.layers:
-                continue
-            if ".mlp." in key:
-                n = n * plan.ffn_widths[plan.layers.index(layer)] // src.intermediate_sizes[layer]
-        elif key == "per_layer_model_projection":
-            n = n * len(plan.layers) // src.num_layers
-        total += n
-    return total
-
-
 def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int = 32,
            force: bool = False, show_progress: bool = True, slices: str | None = None, custom=()) -> dict:
     if quant not in QUANT_MODES:
@@ -70,17 +57,17 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise Gemma3nError(f"{out_dir}: exists and is not a directory")
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise Gemma3nError(f"{out_dir}: already exists and is not empty (use --force to replace it)")
-    ckpt = Checkpoint(checkpoint_dir)
-    src = parse_gemma3n(ckpt.config, ckpt)
+    ckpt = open_checkpoint(checkpoint_dir)
+    arch_name = architecture(ckpt.config)
+    arch = ARCHITECTURES[arch_name]
+    src = arch.parse(ckpt.config, ckpt)
     tokenizer = os.path.join(ckpt.dir, "tokenizer.model")
     if not os.path.isfile(tokenizer):
         raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
     check_tokenizer(tokenizer, src.vocab_size)
-    weights = take_text_weights(ckpt, src)
+    weights = arch.take_weights(ckpt, src)
     ckpt.finish()
-
-    plans = select(src, slices, custom)
-    chunks = down_chunks(src, plans)
+    plans = arch.plans(src, slices, custom)
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -89,33 +76,37 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     os.makedirs(os.path.join(tmp, "text"))
     try:
         started = time.time()
-        vocab, ple = weights["embed_tokens"], weights["embed_tokens_per_layer"]
-        with tqdm(total=vocab.shape[0] + ple.shape[0], unit="rows", desc="row tables", disable=not show_progress) as bar:
-            write_row_table(os.path.join(tmp, "text/embed.safetensors"), vocab, 1, tables, progress=bar)
-            write_row_table(os.path.join(tmp, "text/ple.safetensors"), ple, src.num_layers, tables, progress=bar)
+        row_tables = {"embed": ("text/embed.safetensors", weights["embed_tokens"], 1)}
+        if "embed_tokens_per_layer" in weights:
+            row_tables["ple"] = ("text/ple.safetensors", weights["embed_tokens_per_layer"], src.num_layers)
+        rows = sum(lazy.shape[0] for _, lazy, _ in row_tables.values())
+        with tqdm(total=rows, unit="rows", desc="row tables", disable=not show_progress) as bar:
+            for rel, lazy, groups in row_tables.values():
+                write_row_table(os.path.join(tmp, rel), lazy, groups, tables, progress=bar)
         store = WeightStore(os.path.join(tmp, "text/weights.bin"))
         entries = []
         for plan in tqdm(plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(plans) < 2):
-            builder = DecoderBuilder(src, weights, plan, chunks)
+            builder = arch.builder(src, weights, plan, plans)
             graph = builder.build()
             quantize_graph(graph, quant, block_size)
             graph_file = f"text/decoder.{plan.name}.onnx"
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
                       disable=not show_progress) as bar:
                 weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
-            entries.append(slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant))
+            entries.append(slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant,
+                                       arch.effective_params(src, plan)))
         store.close()
         shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
 
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
-            "source": {"architecture": "gemma3n", "dtype": src.embed_dtype},
+            "source": {"architecture": arch_name, "dtype": src.embed_dtype},
             "text_config": _jsonable(src.text_config().__dict__),
             "quantization": {"decoder": quant, "block_size": block_size if quant != "fp32" else None,
                              "tables": tables},
             "tokenizer": "tokenizer.model",
-            "row_tables": {"embed": "text/embed.safetensors", "ple": "text/ple.safetensors"},
+            "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,
         }
         manifest["files"] = {rel: {"size": os.path.getsize(os.path.join(tmp, rel)), "sha256": sha256_file(os.path.join(tmp, rel))}
@@ -130,11 +121,12 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     return manifest
 
 
-def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str) -> dict:
+def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str,
+                effective: int) -> dict:
     """The manifest's catalog entry, with the memory ledger at 1K tokens of context for reference."""
     entry = {"name": plan.name, "graph": graph_file, "layers": list(plan.layers), "ffn_widths": list(plan.ffn_widths),
              "caches": [{"type": c.type, "source_layer": c.source_layer} for c in caches],
-             "effective_params": effective_params(src, plan), "weight_bytes": weight_bytes}
+             "effective_params": effective, "weight_bytes": weight_bytes}
     if "published_mmlu" in plan.meta:
         entry["published_mmlu"] = plan.meta["published_mmlu"]
         entry["published_effective_b"] = plan.meta["published_effective_b"]

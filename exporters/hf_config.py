@@ -150,3 +150,92 @@ def parse_gemma3n(config: dict, ckpt=None) -> Gemma3nSource:
         laurel_rank=int(get("laurel_rank", 64)), altup_num_inputs=int(get("altup_num_inputs", 4)),
         max_position_embeddings=int(get("max_position_embeddings", 32_768)),
         embed_dtype="F32" if ckpt is None else ckpt.dtype(prefix + "embed_tokens.weight"))
+
+
+@dataclass(frozen=True)
+class Gemma3Source:
+    """A Gemma 3 text decoder (Gemma3ForCausalLM): no AltUp, LAuReL or PLE; RMSNorm scales are
+    (1 + w); attention scaled by query_pre_attn_scalar^-0.5; one KV cache per layer."""
+    prefix: str
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    layer_types: tuple[str, ...]
+    sliding_window: int
+    rope_theta: dict
+    rms_norm_eps: float
+    final_logit_softcapping: float
+    query_pre_attn_scalar: float
+    max_position_embeddings: int
+    embed_dtype: str
+
+    def text_config(self) -> TextConfig:
+        return TextConfig(
+            architecture="gemma3", hidden_size=self.hidden_size, num_layers=self.num_layers,
+            vocab_size=self.vocab_size, vocab_size_per_layer_input=0, hidden_size_per_layer_input=0,
+            num_attention_heads=self.num_attention_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+            sliding_window=self.sliding_window, max_position_embeddings=self.max_position_embeddings,
+            embed_scale=round_to_dtype(math.sqrt(self.hidden_size), self.embed_dtype), per_layer_embed_scale=0.0,
+            layer_types=self.layer_types, final_logit_softcapping=self.final_logit_softcapping,
+            rms_norm_eps=self.rms_norm_eps)
+
+
+def parse_gemma3(config: dict, ckpt=None) -> Gemma3Source:
+    """Read a Gemma 3 config.json: text-only (gemma3_text) or multimodal (gemma3, text_config)."""
+    text = config.get("text_config") if config.get("model_type") == "gemma3" else config
+    if not isinstance(text, dict):
+        raise Gemma3nError("config.json: model_type gemma3 but no text_config")
+    prefix = "model." if ckpt is None else next(
+        (p for p in ("model.", "model.language_model.", "language_model.model.") if ckpt.has(p + "embed_tokens.weight")),
+        None)
+    if prefix is None:
+        raise Gemma3nError(f"checkpoint {ckpt.dir}: missing tensor model.embed_tokens.weight")
+
+    def get(key, default=None):
+        if text.get(key) is not None:
+            return text[key]
+        if default is None:
+            raise Gemma3nError(f"config.json: text config lacks {key!r}")
+        return default
+
+    n = int(get("num_hidden_layers"))
+    pattern = int(get("sliding_window_pattern", 6))
+    types = get("layer_types", ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)])
+    if len(types) != n or any(t not in LAYER_TYPES for t in types):
+        raise Gemma3nError(f"config.json: layer_types must list {n} of {sorted(LAYER_TYPES)}")
+    rope = text.get("rope_parameters") or {}
+    for p in rope.values():
+        if isinstance(p, dict) and p.get("rope_type", "default") != "default":
+            raise Gemma3nError(f"config.json: rope_type {p['rope_type']!r} is not supported (only 'default')")
+    if text.get("rope_scaling"):
+        raise Gemma3nError("config.json: rope_scaling is not supported")
+    if text.get("attn_logit_softcapping"):
+        raise Gemma3nError("config.json: attn_logit_softcapping is not supported")
+    theta = {SLIDING: rope.get("sliding_attention", {}).get("rope_theta", text.get("rope_local_base_freq", 10_000.0)),
+             FULL: rope.get("full_attention", {}).get("rope_theta", text.get("rope_theta", 1_000_000.0))}
+    hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
+    head_dim = int(text.get("head_dim") or hidden // heads)
+    return Gemma3Source(
+        prefix=prefix, hidden_size=hidden, num_layers=n, vocab_size=int(get("vocab_size")),
+        num_attention_heads=heads, num_kv_heads=int(get("num_key_value_heads")), head_dim=head_dim,
+        intermediate_size=int(get("intermediate_size")), layer_types=tuple(LAYER_TYPES[t] for t in types),
+        sliding_window=int(get("sliding_window", 4096)), rope_theta=theta, rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
+        final_logit_softcapping=float(text.get("final_logit_softcapping") or 0.0),
+        query_pre_attn_scalar=float(text.get("query_pre_attn_scalar") or head_dim),
+        max_position_embeddings=int(get("max_position_embeddings", 32_768)),
+        embed_dtype="F32" if ckpt is None else ckpt.dtype(prefix + "embed_tokens.weight"))
+
+
+def architecture(config: dict) -> str:
+    """'gemma3n' or 'gemma3' from config.json's model_type; anything else is an error."""
+    model_type = config.get("model_type")
+    if model_type in ("gemma3n", "gemma3n_text"):
+        return "gemma3n"
+    if model_type in ("gemma3", "gemma3_text"):
+        return "gemma3"
+    raise Gemma3nError(f"config.json: model_type is {model_type!r}, not a Gemma 3n checkpoint (expected 'gemma3n', "
+                       f"or 'gemma3' / 'gemma3_text')")

@@ -72,6 +72,26 @@ def text_tensor_shapes(src: Gemma3nSource) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def effective_params(src: Gemma3nSource, plan: SlicePlan) -> int:
+    """Decoder parameters of a slice without the two embedding tables (Google's "effective"
+    count, less the unused K/V weights of KV-shared layers)."""
+    total = 0
+    for key, shape in text_tensor_shapes(src).items():
+        if key in ("embed_tokens", "embed_tokens_per_layer"):
+            continue
+        n = int(np.prod(shape))
+        if key.startswith("layers."):
+            layer = int(key.split(".")[1])
+            if layer not in plan.layers:
+                continue
+            if ".mlp." in key:
+                n = n * plan.ffn_widths[plan.layers.index(layer)] // src.intermediate_sizes[layer]
+        elif key == "per_layer_model_projection":
+            n = n * len(plan.layers) // src.num_layers
+        total += n
+    return total
+
+
 def checkpoint_name(src: Gemma3nSource, key: str) -> str:
     return src.prefix + key + ("" if key.endswith("correct_output_scale") else ".weight")
 

@@ -36,8 +36,9 @@ class TextDecoder:
         self.bundle, self.spec, self.cfg, self.context, self.chunk, self.threads = bundle, spec, cfg, context, chunk, threads
         tables = bundle.manifest["row_tables"]
         self.embed = embed or RowTable(bundle.file(tables["embed"]))
-        self.ple = ple or RowTable(bundle.file(tables["ple"]))
-        if self.embed.num_rows != cfg.vocab_size or self.ple.groups != cfg.num_layers:
+        # Gemma 3n has per-layer embeddings; Gemma 3 bundles have no PLE table
+        self.ple = ple or (RowTable(bundle.file(tables["ple"])) if "ple" in tables else None)
+        if self.embed.num_rows != cfg.vocab_size or (self.ple is not None and self.ple.groups != cfg.num_layers):
             raise Gemma3nError(f"{bundle.path}: row tables do not match the manifest's text_config")
         graph = bundle.file(spec.graph)
         try:
@@ -75,11 +76,12 @@ class TextDecoder:
         self.check_fits(self.cache.position + t)
         cfg = self.cfg
         embeds = self.embed.gather(ids)[:, 0] * np.float32(cfg.embed_scale)
-        ple_ids = np.where(ids < cfg.vocab_size_per_layer_input, ids, 0)   # multimodal ids use PLE row 0
-        ple = self.ple.gather(ple_ids, self.spec.layers) * np.float32(cfg.per_layer_embed_scale)
-        feeds = {"inputs_embeds": embeds, "per_layer_tokens": ple,
+        feeds = {"inputs_embeds": embeds,
                  "positions": np.arange(self.cache.position, self.cache.position + t, dtype=np.int64),
                  **self.cache.feeds()}
+        if self.ple is not None:
+            ple_ids = np.where(ids < cfg.vocab_size_per_layer_input, ids, 0)   # multimodal ids use PLE row 0
+            feeds["per_layer_tokens"] = self.ple.gather(ple_ids, self.spec.layers) * np.float32(cfg.per_layer_embed_scale)
         results = dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
         self.cache.append(results, t)
         return results["logits"]
