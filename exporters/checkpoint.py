@@ -111,6 +111,7 @@ class Checkpoint(TensorSource):
             self.files[fname] = st
             for name in st.tensors:
                 self.where[name] = fname
+        self.tokenizer_path = os.path.join(self.dir, "tokenizer.model")
 
     def _shard_names(self) -> list[str]:
         index = os.path.join(self.dir, "model.safetensors.index.json")

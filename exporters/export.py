@@ -61,7 +61,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     arch_name = architecture(ckpt.config)
     arch = ARCHITECTURES[arch_name]
     src = arch.parse(ckpt.config, ckpt)
-    tokenizer = os.path.join(ckpt.dir, "tokenizer.model")
+    tokenizer = ckpt.tokenizer_path
     if not os.path.isfile(tokenizer):
         raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
     check_tokenizer(tokenizer, src.vocab_size)

