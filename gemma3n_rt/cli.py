@@ -100,6 +100,7 @@ def main(argv=None) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        sys.stdout.flush()
         if args.stats:
             print(f"[{model.slice}, context {model.context}] {model.last_stats.summary()}", file=sys.stderr)
         return 0
@@ -134,6 +135,7 @@ def _reply(chat, text, model, args, sampling) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
     if args.stats:
         print(f"[{model.slice}] {model.last_stats.summary()}", file=sys.stderr)
 
