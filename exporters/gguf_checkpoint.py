@@ -7,6 +7,7 @@ first). The config and the SentencePiece tokenizer are rebuilt from the GGUF met
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -15,26 +16,32 @@ import numpy as np
 from gemma3n_rt.errors import Gemma3nError
 from .checkpoint import Lazy, TensorSource
 
-# llama.cpp's Gemma 3 tensor names -> transformers' Gemma3ForCausalLM names
-GEMMA3_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-GEMMA3_BLOCK = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
 SP_UNKNOWN, SP_USER_DEFINED = 2, 4
+ARCHS = ("gemma3", "gemma3n")
 
 
-def _hf_name(gguf_name: str) -> str | None:
-    base, _, suffix = gguf_name.rpartition(".")
-    parts = base.split(".")
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in GEMMA3_BLOCK:
-        return f"model.layers.{parts[1]}.{GEMMA3_BLOCK[parts[2]]}.{suffix}"
-    if len(parts) == 1 and base in GEMMA3_GLOBAL:
-        return f"{GEMMA3_GLOBAL[base]}.{suffix}"
-    return None
+def _hf_to_gguf_names(arch: str, config: dict) -> dict[str, str]:
+    """Hugging Face tensor name -> GGUF name, from the gguf package's own name map (the one
+    llama.cpp's converter uses), for every tensor the exporter expects."""
+    import gguf
+    from .hf_config import parse_gemma3, parse_gemma3n
+    from .gemma3_decoder import gemma3_tensor_shapes
+    from .text_decoder import text_tensor_shapes
+    if arch == "gemma3":
+        keys = gemma3_tensor_shapes(parse_gemma3(config))
+    else:
+        keys = text_tensor_shapes(parse_gemma3n(config))
+    tmap = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), config["num_hidden_layers"])
+    out = {}
+    for key in keys:
+        if key.startswith(("altup_projections.", "altup_unembed_projections.")):
+            continue   # stacked into one GGUF tensor, see GGUFCheckpoint
+        suffix = "" if key.endswith("correct_output_scale") else ".weight"
+        name = tmap.get_name("model." + key)
+        if name is None:
+            raise AssertionError(f"no GGUF name for {key}")
+        out["model." + key + suffix] = name + ".weight"
+    return out
 
 
 class GGUFCheckpoint(TensorSource):
@@ -48,15 +55,26 @@ class GGUFCheckpoint(TensorSource):
             raise Gemma3nError(f"{self.dir}: not a readable GGUF file ({e})") from None
         self._dequantize = gguf.quants.dequantize
         arch = self.field("general.architecture")
-        if arch != "gemma3":
-            raise Gemma3nError(f"{self.dir}: GGUF architecture {arch!r} is not supported (this exporter reads 'gemma3')")
-        self.tensors = {}
-        for t in self.reader.tensors:
-            name = _hf_name(t.name)
-            if name is None:
-                raise Gemma3nError(f"{self.dir}: unexpected GGUF tensor {t.name}")
-            self.tensors[name] = t
-        self.config = self._gemma3_config()
+        if arch not in ARCHS:
+            raise Gemma3nError(f"{self.dir}: GGUF architecture {arch!r} is not supported (this exporter reads "
+                               f"{', '.join(ARCHS)})")
+        self.arch = arch
+        by_gguf = {t.name: t for t in self.reader.tensors}
+        self.config = self._gemma3_config(by_gguf) if arch == "gemma3" else self._gemma3n_config(by_gguf)
+        self.tensors = {}       # Hugging Face name -> (GGUF tensor, index into a stacked tensor or None)
+        for hf, name in _hf_to_gguf_names(arch, self.config).items():
+            if name in by_gguf:
+                self.tensors[hf] = (by_gguf.pop(name), None)
+        if arch == "gemma3n":   # the converter stacks the 3 AltUp (un)embedding projections
+            for stacked, key in (("altup_proj.weight", "altup_projections"), ("altup_unembd_proj.weight", "altup_unembed_projections")):
+                if stacked in by_gguf:
+                    t = by_gguf.pop(stacked)
+                    for k in range(int(t.shape[2])):
+                        self.tensors[f"model.{key}.{k}.weight"] = (t, k)
+        if "output.weight" in by_gguf:     # an untied head; the models here tie it to the embedding
+            self.tensors["lm_head.weight"] = (by_gguf.pop("output.weight"), None)
+        for name in sorted(by_gguf):
+            self.tensors[f"gguf:{name}"] = (by_gguf[name], None)   # unknown: finish() names it
         self.tokenizer_path = self._write_tokenizer()
 
     # -- metadata -----------------------------------------------------------------------------
@@ -68,7 +86,7 @@ class GGUFCheckpoint(TensorSource):
             return default
         return f.contents()
 
-    def _gemma3_config(self) -> dict:
+    def _gemma3_config(self, by_gguf) -> dict:
         a = "gemma3."
         if self.field(a + "rope.scaling.type", "none") not in ("none", None):
             raise Gemma3nError(f"{self.dir}: RoPE scaling {self.field(a + 'rope.scaling.type')!r} is not supported")
@@ -76,7 +94,7 @@ class GGUFCheckpoint(TensorSource):
         heads, head_dim = int(self.field(a + "attention.head_count")), int(self.field(a + "attention.key_length"))
         return {
             "model_type": "gemma3_text",
-            "vocab_size": int(self.tensors["model.embed_tokens.weight"].shape[1]),
+            "vocab_size": int(by_gguf["token_embd.weight"].shape[1]),
             "hidden_size": hidden, "intermediate_size": int(self.field(a + "feed_forward_length")),
             "num_hidden_layers": layers, "num_attention_heads": heads,
             "num_key_value_heads": int(self.field(a + "attention.head_count_kv")), "head_dim": head_dim,
@@ -88,6 +106,46 @@ class GGUFCheckpoint(TensorSource):
             "max_position_embeddings": int(self.field(a + "context_length")),
             "final_logit_softcapping": self.field(a + "final_logit_softcapping", 0.0) or None,
         }
+
+    def _gemma3n_config(self, by_gguf) -> dict:
+        a = "gemma3n."
+        layers = int(self.field(a + "block_count"))
+        ffn = self.field(a + "feed_forward_length")
+        ffn = [int(x) for x in ffn] if isinstance(ffn, list) else [int(ffn)] * layers
+        # the converter stores Φ⁻¹(sparsity) per layer (-inf for dense layers); undo it
+        scales = self.field(a + "activation_sparsity_scale")
+        sparsity = [0.0 if not math.isfinite(x) else round(0.5 * (1 + math.erf(x / math.sqrt(2))), 6) for x in scales]
+        swa = self.field(a + "attention.sliding_window_pattern")
+        ple_rows = by_gguf["per_layer_token_embd.weight"]
+        return {
+            "model_type": "gemma3n_text",
+            "vocab_size": int(by_gguf["token_embd.weight"].shape[1]),
+            "vocab_size_per_layer_input": self._ple_vocab(ple_rows),
+            "hidden_size": int(self.field(a + "embedding_length")), "intermediate_size": ffn,
+            "num_hidden_layers": layers, "num_attention_heads": int(self.field(a + "attention.head_count")),
+            "num_key_value_heads": int(self.field(a + "attention.head_count_kv")),
+            "head_dim": int(self.field(a + "attention.key_length")),
+            "hidden_size_per_layer_input": int(self.field(a + "embedding_length_per_layer_input")),
+            "num_kv_shared_layers": int(self.field(a + "attention.shared_kv_layers")),
+            "altup_num_inputs": int(self.field(a + "altup.num_inputs")),
+            "altup_active_idx": int(self.field(a + "altup.active_idx", 0)),
+            "laurel_rank": int(by_gguf["blk.0.laurel_l.weight"].shape[1]),
+            "activation_sparsity_pattern": sparsity,
+            "layer_types": ["sliding_attention" if s else "full_attention" for s in swa],
+            "sliding_window": int(self.field(a + "attention.sliding_window")),
+            "rms_norm_eps": float(self.field(a + "attention.layer_norm_rms_epsilon")),
+            "rope_theta": float(self.field(a + "rope.freq_base")), "rope_local_base_freq": 10_000.0,
+            "max_position_embeddings": int(self.field(a + "context_length")),
+            "final_logit_softcapping": self.field(a + "final_logit_softcapping", 0.0) or None,
+        }
+
+    def _ple_vocab(self, t) -> int:
+        """The converter pads the PLE table with zero rows up to the full vocabulary; the real
+        table ends where the trailing zero rows begin."""
+        rows = int(t.shape[1])
+        tail = self._dequantize(t.data[max(0, rows - 512):], t.tensor_type).reshape(-1, int(t.shape[0]))
+        nonzero = np.flatnonzero(np.any(tail != 0, axis=1))
+        return rows - len(tail) + (int(nonzero[-1]) + 1 if len(nonzero) else 0)
 
     def _write_tokenizer(self) -> str:
         self._tmp = tempfile.TemporaryDirectory(prefix="gguf-tokenizer-")
@@ -132,18 +190,27 @@ class GGUFCheckpoint(TensorSource):
         return name in self.tensors
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in reversed(self.tensors[name].shape))   # GGUF lists dims innermost first
+        t, index = self.tensors[name]
+        dims = tuple(int(d) for d in reversed(t.shape))   # GGUF lists dims innermost first
+        if index is not None:
+            dims = dims[1:]
+        if name.endswith("embed_tokens_per_layer.weight"):
+            dims = (self.config["vocab_size_per_layer_input"],) + dims[1:]
+        return dims
 
     def dtype(self, name: str) -> str:
         return "F32"   # dequantized
 
     def _lazy(self, name: str, shape: tuple[int, ...]) -> Lazy:
-        t = self.tensors[name]
+        t, index = self.tensors[name]
         # Gemma 3's converter stores RMSNorm weights as (1 + w); the Hugging Face layout has w
-        shift = np.float32(1.0) if name.endswith("norm.weight") else np.float32(0.0)
+        shift = np.float32(1.0 if self.arch == "gemma3" and name.endswith("norm.weight") else 0.0)
 
         def rows(a: int, b: int) -> np.ndarray:
-            data = t.data if len(shape) == 1 else t.data[a:b]
-            return self._dequantize(data, t.tensor_type).reshape((-1,) + shape[1:]).astype(np.float32) - shift
+            data = t.data if len(shape) == 1 or index is not None else t.data[a:b]
+            out = self._dequantize(data, t.tensor_type).astype(np.float32)
+            if index is not None:
+                out = out.reshape((-1,) + shape)[index][a:b]
+            return out.reshape((-1,) + shape[1:]) - shift
 
         return Lazy(name, shape, lambda: rows(0, shape[0]), rows)
