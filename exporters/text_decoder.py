@@ -233,7 +233,7 @@ class DecoderBuilder(DecoderGraph):
         return g.op("Tanh", self.linear(r, p + "modality_router"))                         # [T, N]
 
     def layer(self, H: str, layer: int, j: int, pli: str, rope, masks, past, kv) -> str:
-        g, src, N = self.g, self.src, self.src.altup_num_inputs
+        g, N = self.g, self.src.altup_num_inputs
         p = f"layers.{layer}."
         with g.scope("altup_predict"):
             coefs = self.linear(self.router(self.stream(H, 0), p + "altup."), p + "altup.prediction_coefs")

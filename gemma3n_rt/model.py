@@ -8,7 +8,6 @@ import numpy as np
 
 from .bundle import Bundle
 from .decoder import DEFAULT_CHUNK, TextDecoder
-from .errors import Gemma3nError
 from .generate import GenerationStats, generate_step
 from .planner import ALIASES, choose_slice
 from .prompt import SpecialTokens, chat_ids, completion_ids, next_turn_ids

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import Gemma3nConfig, Gemma3nForCausalLM, Gemma3nTextConfig
+from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
 PREFIX = "model.language_model."
 

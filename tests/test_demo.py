@@ -3,7 +3,6 @@ through the CLI in one shot or as an interactive chat."""
 import json
 import os
 
-import pytest
 
 from gemma3n_rt import cli
 from gemma3n_rt.bundle import Bundle

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import onnx
 import pytest
-import torch
 from transformers import Gemma3nForCausalLM
 
 import gemma3n_rt
