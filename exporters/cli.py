@@ -1,4 +1,4 @@
-"""gemma3n-export: convert a Hugging Face Gemma 3n checkpoint into a gemma3n-rt bundle."""
+"""gemma3n-export: convert a Gemma 3n (or Gemma 3) checkpoint or GGUF file into a gemma3n-rt bundle."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,8 @@ from .export import QUANT_MODES, TABLE_DTYPES, export
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gemma3n-export", description=__doc__)
-    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, model*.safetensors, tokenizer.model)")
+    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, model*.safetensors, "
+                                      "tokenizer.model), or a .gguf file; Gemma 3n or Gemma 3")
     p.add_argument("out", help="bundle directory to write")
     p.add_argument("--quant", choices=QUANT_MODES, default="int4", help="decoder weights (default int4, blockwise)")
     p.add_argument("--tables", choices=TABLE_DTYPES, default="int8", help="embedding row tables (default int8 per row)")
