@@ -96,13 +96,7 @@ def main(argv=None) -> int:
         model = load(args.model, args.effective, args.memory_budget, args.threads, args.context)
         if args.interactive:
             return chat_loop(model, args, sampling)
-        for piece in model.stream(args.prompt, args.max_new_tokens, chat=not args.raw, **sampling):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        if args.stats:
-            print(f"[{model.slice}, context {model.context}] {model.last_stats.summary()}", file=sys.stderr)
+        show(model.stream(args.prompt, args.max_new_tokens, chat=not args.raw, **sampling), model, args.stats)
         return 0
     except (Gemma3nError, ValueError, OSError) as e:
         print(f"gemma3n-run: error: {e}", file=sys.stderr)
@@ -115,7 +109,7 @@ def main(argv=None) -> int:
 def chat_loop(model, args, sampling) -> int:
     chat = model.chat()
     if args.prompt:
-        _reply(chat, args.prompt, model, args, sampling)
+        show(chat.send(args.prompt, args.max_new_tokens, **sampling), model, args.stats)
     while True:
         try:
             text = input("> ")
@@ -125,19 +119,20 @@ def chat_loop(model, args, sampling) -> int:
         if not text.strip():
             return 0
         try:
-            _reply(chat, text, model, args, sampling)
+            show(chat.send(text, args.max_new_tokens, **sampling), model, args.stats)
         except KeyboardInterrupt:     # stop this reply, keep chatting
             print("\n[interrupted]")
 
 
-def _reply(chat, text, model, args, sampling) -> None:
-    for piece in chat.send(text, args.max_new_tokens, **sampling):
+def show(pieces, model, stats: bool) -> None:
+    """Stream text to stdout as it comes; speed and memory figures to stderr."""
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if args.stats:
-        print(f"[{model.slice}] {model.last_stats.summary()}", file=sys.stderr)
+    if stats:
+        print(f"[{model.slice}, context {model.context}] {model.last_stats.summary()}", file=sys.stderr)
 
 
 if __name__ == "__main__":
