@@ -17,8 +17,6 @@ from .text_decoder import SlicePlan
 
 CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "matformer_configs.csv")
 E4B_LAYERS, E4B_WIDTH = 35, 16384
-# Published MMLU (pre-trained) per catalog name, and effective parameters as published.
-PUBLISHED: dict[str, dict] = {}
 
 
 def _width(expr: str) -> int:

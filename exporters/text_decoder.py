@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from statistics import NormalDist
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +19,11 @@ from .checkpoint import Checkpoint, Lazy
 from .decoder_common import DecoderGraph
 from .hf_config import Gemma3nSource
 from .onnx_graph import FLOAT, Graph
-# Φ⁻¹(0.95) as float32, the gaussian top-k cutoff of the sparse layers (transformers computes it the same way).
-STD_MULTIPLIER = {0.95: 1.6448535919189453}
+
+
+def std_multiplier(sparsity: float) -> float:
+    """Φ⁻¹(sparsity) rounded to float32 (1.6448536 for 0.95), as transformers computes the cutoff."""
+    return float(np.float32(NormalDist().inv_cdf(sparsity)))
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ class DecoderBuilder(DecoderGraph):
         if sparsity > 0:   # gaussian top-k over the sliced width
             mean = self.mean_last(gate)
             std = g.op("Sqrt", self.mean_last(g.op("Pow", g.op("Sub", gate, mean), g.const(2.0))))
-            cutoff = g.op("Add", mean, g.op("Mul", std, g.const(STD_MULTIPLIER[sparsity])))
+            cutoff = g.op("Add", mean, g.op("Mul", std, g.const(std_multiplier(sparsity))))
             gate = g.op("Relu", g.op("Sub", gate, cutoff))
         h = g.op("Mul", g.op("Gelu", gate, approximate="tanh"), up)
         bounds = [b for b in self.chunks[layer] if b <= width]

@@ -48,7 +48,3 @@ class KVCache:
     def reset(self) -> None:
         self.length = [0] * len(self.specs)
         self.position = 0
-
-    def bytes_per_token(self) -> int:
-        """Bytes one more position of context costs (full caches only; sliding ones are bounded)."""
-        return sum(k.nbytes // k.shape[0] * 2 for k, s in zip(self.keys, self.specs) if s.type == FULL)

@@ -10,12 +10,7 @@ import gguf
 import numpy as np
 import sentencepiece as spm
 
-
-def _icdf(p: float) -> float:
-    if p <= 0.0:
-        return -math.inf
-    from statistics import NormalDist
-    return float(np.float32(NormalDist().inv_cdf(p)))
+from exporters.text_decoder import std_multiplier
 
 
 def write_gemma3n_gguf(model, path: str, tokenizer_model: str, qtype=gguf.GGMLQuantizationType.F32) -> None:
@@ -37,7 +32,7 @@ def write_gemma3n_gguf(model, path: str, tokenizer_model: str, qtype=gguf.GGMLQu
     w.add_shared_kv_layers(cfg.num_kv_shared_layers)
     w.add_altup_num_inputs(cfg.altup_num_inputs)
     w.add_altup_active_idx(cfg.altup_active_idx)
-    w.add_activation_sparsity_scale([_icdf(p) for p in cfg.activation_sparsity_pattern])
+    w.add_activation_sparsity_scale([std_multiplier(p) if p > 0 else -math.inf for p in cfg.activation_sparsity_pattern])
     w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg.layer_types])
     if cfg.final_logit_softcapping:
         w.add_final_logit_softcapping(cfg.final_logit_softcapping)

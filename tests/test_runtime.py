@@ -68,17 +68,17 @@ def tiny(export_tiny):
 def test_chat_keeps_its_cache_between_turns(tiny):
     chat = tiny.chat(system="Be brief.")
     "".join(chat.send("Hello there", max_new_tokens=6, temperature=0))
-    first_turn = list(chat.history)
-    second = "".join(chat.send("And then?", max_new_tokens=6, temperature=0))
-    new_ids = len(chat.history) - len(first_turn)
+    # the last sampled id is never fed; a cut-short reply also gets <end_of_turn> appended
+    not_fed = 1 + (tiny.last_stats.stop_reason == "max tokens")
+    cached = len(chat.history) - not_fed
+    "".join(chat.send("And then?", max_new_tokens=6, temperature=0))
+    stats = tiny.last_stats
+    prompt_end = len(chat.history) - stats.generated_tokens - (stats.stop_reason == "max tokens")
     # the second turn fed only what the cache lacked, not the whole conversation
-    assert tiny.last_stats.prompt_tokens < len(chat.history) - 6
-    # and continuing from the cache gives what a fresh run over the same ids gives
-    reply_len = tiny.last_stats.generated_tokens
-    prompt2 = chat.history[: len(chat.history) - reply_len]
-    fresh = tiny.generate_ids(prompt2, reply_len, temperature=0)
-    assert chat.history[len(prompt2):len(prompt2) + len(fresh)][:-1] == fresh[:-1]
-    assert new_ids > 0 and isinstance(second, str)
+    assert stats.prompt_tokens == prompt_end - cached < prompt_end
+    # and the reply from the cache is what a fresh run over the whole conversation gives
+    fresh = tiny.generate_ids(chat.history[:prompt_end], stats.generated_tokens, temperature=0)
+    assert chat.history[prompt_end:prompt_end + len(fresh)][:-1] == fresh[:-1]
 
 
 def test_chat_replays_after_another_request(tiny):
