@@ -6,20 +6,26 @@ import json
 import os
 from dataclasses import dataclass
 
-from .config import SliceSpec, TextConfig
+from .config import AudioConfig, Quantization, RowTables, SliceSpec, TextConfig, VisionConfig
 from .errors import Gemma3nError
 
 FORMAT_NAME = "gemma3n-rt-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)    # version 1: text only
 MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
 class Bundle:
     path: str
-    manifest: dict
+    manifest: dict                  # the raw JSON, for tools; the runtime reads the typed fields
     text: TextConfig
     slices: tuple[SliceSpec, ...]
+    quant: Quantization
+    tables: RowTables
+    tokenizer: str
+    vision: VisionConfig | None
+    audio: AudioConfig | None
 
     @classmethod
     def open(cls, path: str) -> "Bundle":
@@ -36,9 +42,10 @@ class Bundle:
             raise Gemma3nError(f"{mpath}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise Gemma3nError(f"{mpath}: not a gemma3n-rt bundle manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_VERSIONS:
             raise Gemma3nError(f"{mpath}: bundle format version {manifest.get('format_version')} is not supported "
-                               f"by this runtime (it reads version {FORMAT_VERSION}); re-export the checkpoint")
+                               f"by this runtime (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
+                               f"re-export the checkpoint")
         for rel, meta in manifest.get("files", {}).items():
             fpath = os.path.join(path, rel)
             if not os.path.isfile(fpath):
@@ -49,7 +56,14 @@ class Bundle:
         slices = tuple(SliceSpec.from_dict(s) for s in manifest.get("slices", []))
         if not slices:
             raise Gemma3nError(f"{mpath}: the slice catalog is empty")
-        return cls(path, manifest, TextConfig.from_dict(manifest["text_config"]), slices)
+        try:
+            return cls(path, manifest, TextConfig.from_dict(manifest["text_config"]), slices,
+                       Quantization.from_dict(manifest["quantization"]), RowTables.from_dict(manifest["row_tables"]),
+                       manifest["tokenizer"],
+                       VisionConfig.from_dict(manifest["vision"]) if manifest.get("vision") else None,
+                       AudioConfig.from_dict(manifest["audio"]) if manifest.get("audio") else None)
+        except (KeyError, TypeError) as e:
+            raise Gemma3nError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
 
     def file(self, rel: str) -> str:
         return os.path.join(self.path, rel)

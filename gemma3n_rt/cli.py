@@ -71,7 +71,7 @@ def print_plan(args) -> None:
     from .model import demo_bundle_path
     bundle = Bundle.open(args.model or os.environ.get("GEMMA3N_MODEL") or demo_bundle_path())
     chosen = choose_slice(bundle, args.effective, args.memory_budget, args.context, DEFAULT_CHUNK)
-    quant = bundle.manifest["quantization"]["decoder"]
+    quant = bundle.quant.decoder
     print(f"{'slice':<16}{'effective':>11}{'MMLU':>7}{'weights':>10}{'KV':>9}{'workspace':>11}{'total':>10}"
           f"   MiB at context {args.context}")
     for s in sorted(bundle.slices, key=lambda s: s.effective_params):

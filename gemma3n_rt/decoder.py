@@ -7,24 +7,15 @@ made for a whole long prompt.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
 from .bundle import Bundle
 from .config import SliceSpec
 from .errors import Gemma3nError
 from .kvcache import KVCache
 from .rowtable import RowTable
+from .sessions import create_session
 
 DEFAULT_CHUNK = 256
-
-
-def session_options(threads: int | None) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or 0   # 0: one per physical core
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return opts
 
 
 class TextDecoder:
@@ -34,17 +25,12 @@ class TextDecoder:
         if not 1 <= context <= cfg.max_position_embeddings:
             raise Gemma3nError(f"context must be between 1 and {cfg.max_position_embeddings}, got {context}")
         self.bundle, self.spec, self.cfg, self.context, self.chunk, self.threads = bundle, spec, cfg, context, chunk, threads
-        tables = bundle.manifest["row_tables"]
-        self.embed = embed or RowTable(bundle.file(tables["embed"]))
+        self.embed = embed or RowTable(bundle.file(bundle.tables.embed))
         # Gemma 3n has per-layer embeddings; Gemma 3 bundles have no PLE table
-        self.ple = ple or (RowTable(bundle.file(tables["ple"])) if "ple" in tables else None)
+        self.ple = ple or (RowTable(bundle.file(bundle.tables.ple)) if bundle.tables.ple else None)
         if self.embed.num_rows != cfg.vocab_size or (self.ple is not None and self.ple.groups != cfg.num_layers):
             raise Gemma3nError(f"{bundle.path}: row tables do not match the manifest's text_config")
-        graph = bundle.file(spec.graph)
-        try:
-            self.session = ort.InferenceSession(graph, session_options(threads), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types; keep the first line
-            raise Gemma3nError(f"{graph}: onnxruntime could not load it: {str(e).splitlines()[0]}") from None
+        self.session = create_session(bundle.file(spec.graph), threads)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk)
 

@@ -40,7 +40,7 @@ def load(path: str | None = None, effective: str | None = None, memory_budget=No
 class Model:
     def __init__(self, bundle: Bundle, decoder: TextDecoder):
         self.bundle, self.decoder = bundle, decoder
-        self.tokenizer = Tokenizer(bundle.file(bundle.manifest["tokenizer"]))
+        self.tokenizer = Tokenizer(bundle.file(bundle.tokenizer))
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
         self.last_stats = GenerationStats()
         self._owner = None     # the Chat whose history the KV cache holds, if any

@@ -58,7 +58,7 @@ def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: 
     if effective and effective.lower() != "auto":
         return bundle.slice(ALIASES.get(effective.lower(), effective))
     budget = parse_bytes(memory_budget) if memory_budget is not None else available_memory()
-    quant = bundle.manifest["quantization"]["decoder"]
+    quant = bundle.quant.decoder
     ledgers = sorted((ledger(bundle.text, s, context, chunk, quant) for s in bundle.slices),
                      key=lambda l: l.slice.effective_params)
     fitting = [l for l in ledgers if l.total <= budget]
