@@ -125,10 +125,11 @@ def save_multimodal_checkpoint(model: Gemma3nForConditionalGeneration, out_dir: 
         shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.model"))
 
 
-# The image half of the released checkpoints' preprocessor_config.json (as the converter writes it).
+# The image half of a Gemma 3n preprocessor_config.json. do_convert_rgb is left to the class default
+# (True): with it null, transformers hands grayscale and palette images to the tower as one channel.
 PREPROCESSOR_CONFIG = {
     "image_processor_type": "SiglipImageProcessorFast", "processor_class": "Gemma3nProcessor",
-    "do_convert_rgb": None, "do_normalize": False, "do_rescale": True, "do_resize": True,
+    "do_normalize": False, "do_rescale": True, "do_resize": True,
     "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "image_seq_length": 256,
     "resample": 2, "rescale_factor": 1 / 255, "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
 }
