@@ -22,14 +22,17 @@ def quantize_weights(model: onnx.ModelProto) -> None:
             t = inits[node.input[1]]
             if t.data_type == TensorProto.FLOAT and np.prod(t.dims) >= MIN_ELEMENTS:
                 weights[node.input[1]] = node.op_type
-    dequant, done = [], {}
+    dequant, done = {}, {}
     for name, op in weights.items():
         done[name] = _quantize(model, name, numpy_helper.to_array(inits[name]), op, dequant)
-    for node in model.graph.node:   # every use (shape ops too) now reads the dequantized weight
-        for i, name in enumerate(node.input):
+    nodes = []
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):   # every use (shape ops too) reads the dequantized weight
             if name in done:
+                if name in dequant:          # right before its first use: one float weight alive at a time
+                    nodes.append(dequant.pop(name))
                 node.input[i] = done[name]
-    nodes = dequant + list(model.graph.node)
+        nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     keep = [t for t in model.graph.initializer if t.name not in done]
@@ -37,7 +40,7 @@ def quantize_weights(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
-def _quantize(model, name: str, w: np.ndarray, op: str, new_nodes: list) -> str:
+def _quantize(model, name: str, w: np.ndarray, op: str, dequant: dict) -> str:
     """Add the int8 weight, its scales and a DequantizeLinear node; return the float weight's new name.
     Conv weights [out, in, kh, kw] are scaled per out (axis 0); MatMul weights [in, out] per out (axis 1)."""
     axis = 0 if op == "Conv" else w.ndim - 1
@@ -50,5 +53,5 @@ def _quantize(model, name: str, w: np.ndarray, op: str, new_nodes: list) -> str:
     qname, sname, out = name + "_int8", name + "_scale", name + "_dequantized"
     model.graph.initializer.extend([numpy_helper.from_array(q, qname),
                                     numpy_helper.from_array(scale.astype(np.float32), sname)])
-    new_nodes.append(helper.make_node("DequantizeLinear", [qname, sname], [out], axis=axis, name=name + "_dq"))
+    dequant[name] = helper.make_node("DequantizeLinear", [qname, sname], [out], axis=axis, name=name + "_dq")
     return out
