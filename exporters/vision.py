@@ -81,8 +81,13 @@ def timm_state_shapes(arch: str, model_args: dict) -> dict[str, tuple[int, ...]]
 
 def build_tower(arch: str, model_args: dict):
     """The timm model as Hugging Face's TimmWrapperModel builds it, on the meta device."""
-    import timm
-    import torch
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it later)
+        import timm
+        import torch
+    except ImportError as e:
+        raise Gemma3nError(f"exporting the vision tower needs torch, timm and onnxscript ({e}); "
+                           f"pip install 'gemma3n-rt[towers]', or pass --vision-quant none") from None
     with torch.device("meta"):
         try:
             return timm.create_model(arch, pretrained=False, num_classes=0, **model_args).eval()
