@@ -6,6 +6,7 @@ Memory: the tower is built on torch's meta device and each checkpoint tensor is 
 into its parameter; the text tables are never read."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ def vision_part(ckpt: TensorSource, quant: str) -> "VisionPart | None":
     tower_shapes = timm_state_shapes(arch, vcfg.get("model_args") or {})
     unknown = sorted(n for n in ckpt.names() if n.startswith(TOWER) and n[len(TOWER):] not in tower_shapes)
     if unknown:
-        raise Gemma3nError(f"{ckpt.dir}: vision tower tensor {unknown[0]} ({len(unknown)} in all) is "
-                           f"are not in timm's {arch}")
+        raise Gemma3nError(f"{ckpt.dir}: {len(unknown)} vision tower tensors, e.g. {unknown[0]}, "
+                           f"are not in timm's {arch}{vcfg.get('model_args') or ''}")
     hidden, vocab = int(vcfg.get("hidden_size", 2048)), int(vcfg.get("vocab_size", 128))
     tower = {k: ckpt.take(TOWER + k, shape) for k, shape in tower_shapes.items()}
     embed = {"embedding.weight": ckpt.take(EMBED + "embedding.weight", (vocab, hidden)),
@@ -62,7 +63,6 @@ def vision_part(ckpt: TensorSource, quant: str) -> "VisionPart | None":
 
 def image_size(ckpt_dir: str) -> int:
     """The encoder input size: the checkpoint's preprocessor_config.json size, else 768."""
-    import json
     path = os.path.join(ckpt_dir, "preprocessor_config.json")
     if not os.path.isfile(path):
         return DEFAULT_IMAGE_SIZE

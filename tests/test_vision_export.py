@@ -150,3 +150,15 @@ def test_quant_none_and_bad_quant(exported):
     assert "model.embed_vision.embedding.weight" in ckpt.ignored and not ckpt.used
     with pytest.raises(Gemma3nError, match="--vision-quant must be one of"):
         vision_part(Checkpoint(exported[1].dir), "int4")
+
+
+def test_tower_that_does_not_match_its_config(exported, tmp_path):
+    import json
+    shutil.copytree(exported[1].dir, tmp_path / "ckpt")
+    cfg_path = tmp_path / "ckpt" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["vision_config"]["model_args"] = {"channel_multiplier": 0.25}
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(Gemma3nError, match="has shape .* expected") as err:
+        vision_part(Checkpoint(str(tmp_path / "ckpt")), "fp32")
+    assert "\n" not in str(err.value)
