@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import resource
 import sys
 import time
@@ -34,7 +36,13 @@ def main(argv=None) -> int:
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice)
-    except (Gemma3nError, ValueError, OSError) as e:
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
+            kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"
+            e = f"{args.out}: disk full ({e.strerror}); the partial export was removed and {kept}"
+        print(f"gemma3n-export: error: {e}", file=sys.stderr)
+        return 2
+    except (Gemma3nError, ValueError) as e:
         print(f"gemma3n-export: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
