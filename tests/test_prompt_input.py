@@ -103,7 +103,7 @@ prompts = st.one_of(
 floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-2, 3))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prompt=prompts, chat=st.booleans(), max_new_tokens=st.integers(-2, 4), temperature=floats,
        top_k=st.integers(-3, 5000), top_p=floats, seed=st.one_of(st.none(), st.integers(-5, 2**64)))
 def test_fuzz_prompts_and_sampling(model, prompt, chat, max_new_tokens, temperature, top_k, top_p, seed):
