@@ -248,9 +248,10 @@ def parse_gemma3(config: dict, ckpt=None) -> Gemma3Source:
     head_dim = _whole(text.get("head_dim") or hidden // heads, "head_dim")
     return Gemma3Source(
         prefix=prefix, hidden_size=hidden, num_layers=n, vocab_size=_whole(get("vocab_size"), "vocab_size"),
-        num_attention_heads=heads, num_kv_heads=_whole(get("num_key_value_heads"), "num_key_value_heads"), head_dim=head_dim,
-        intermediate_size=_whole(get("intermediate_size"), "intermediate_size"), layer_types=tuple(LAYER_TYPES[t] for t in types),
-        sliding_window=_whole(get("sliding_window", 4096), "sliding_window"), rope_theta=theta, rms_norm_eps=_real(get("rms_norm_eps", 1e-6), "rms_norm_eps", 0.0, 1.0),
+        num_attention_heads=heads, num_kv_heads=_whole(get("num_key_value_heads"), "num_key_value_heads"),
+        head_dim=head_dim, intermediate_size=_whole(get("intermediate_size"), "intermediate_size"),
+        layer_types=tuple(LAYER_TYPES[t] for t in types), sliding_window=_whole(get("sliding_window", 4096), "sliding_window"),
+        rope_theta=theta, rms_norm_eps=_real(get("rms_norm_eps", 1e-6), "rms_norm_eps", 0.0, 1.0),
         final_logit_softcapping=_real(text.get("final_logit_softcapping") or 0.0, "final_logit_softcapping", 0.0, 1e6),
         query_pre_attn_scalar=_real(text.get("query_pre_attn_scalar") or head_dim, "query_pre_attn_scalar", 1e-6, 1e9),
         max_position_embeddings=_whole(get("max_position_embeddings", 32_768), "max_position_embeddings"),

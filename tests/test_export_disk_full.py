@@ -99,7 +99,8 @@ def test_disk_full_with_force_keeps_the_old_bundle(checkpoint, fp32_bytes, tmp_p
     before = snapshot(out)
     capsys.readouterr()
     fill_disk_after(monkeypatch, where(fp32_bytes))
-    assert export_cli.main([str(checkpoint), str(out), "--quiet", "--force", "--quant", "fp32", "--tables", "fp32"]) == 2
+    argv = [str(checkpoint), str(out), "--quiet", "--force", "--quant", "fp32", "--tables", "fp32"]
+    assert export_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "disk full" in err and "the bundle already there is unchanged" in err, err
     assert snapshot(out) == before

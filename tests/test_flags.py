@@ -19,10 +19,12 @@ def refused(capsys, main, argv) -> str:
 
 
 @pytest.mark.parametrize("argv, line", [
-    (["--memory-budget", "-1GB", "hi"], "gemma3n-run: error: --memory-budget: memory budget must be positive, got '-1GB'"),
-    (["--memory-budget", "-0.5", "hi"], "gemma3n-run: error: --memory-budget: memory budget must be positive, got '-0.5'"),
+    (["--memory-budget", "-1GB", "hi"], "gemma3n-run: error: --memory-budget: memory budget must be positive, "
+                                        "got '-1GB'"),
+    (["--memory-budget", "-0.5", "hi"], "gemma3n-run: error: --memory-budget: memory budget must be positive, "
+                                        "got '-0.5'"),
     (["--effective", "", "hi"], "gemma3n-run: error: --effective: must name a slice: 2b, 4b, a catalog name, or auto"),
-    (["--effective", "  ", "hi"], "gemma3n-run: error: --effective: must name a slice: 2b, 4b, a catalog name, or auto"),
+    (["--effective", " ", "hi"], "gemma3n-run: error: --effective: must name a slice: 2b, 4b, a catalog name, or auto"),
     (["--threads", "-2", "hi"], "gemma3n-run: error: --threads: must be at least 1, got -2"),
     (["--top-k", "-many", "hi"], "gemma3n-run: error: --top-k: expected a whole number, got '-many'"),
     (["--model", "--plan"], "gemma3n-run: error: --model: expected one argument"),
