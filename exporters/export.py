@@ -9,7 +9,7 @@ import time
 
 from tqdm import tqdm
 
-from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, sha256_file
+from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, SMALL_FILE, sha256_file, spot_sha256
 from gemma3n_rt.config import SliceSpec
 from gemma3n_rt.decoder import DEFAULT_CHUNK
 from gemma3n_rt.errors import Gemma3nError
@@ -109,8 +109,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
             "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,
         }
-        manifest["files"] = {rel: {"size": os.path.getsize(os.path.join(tmp, rel)), "sha256": sha256_file(os.path.join(tmp, rel))}
-                             for rel in sorted(_files(tmp))}
+        manifest["files"] = {rel: file_entry(os.path.join(tmp, rel)) for rel in sorted(_files(tmp))}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
         _replace_dir(tmp, out_dir)
@@ -132,6 +131,14 @@ def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int
         entry["published_effective_b"] = plan.meta["published_effective_b"]
     led = ledger(src.text_config(), SliceSpec.from_dict(entry), 1024, DEFAULT_CHUNK, quant)
     entry["ledger_at_1k_context"] = {"weights": led.weights, "kv": led.kv, "workspace": led.workspace, "total": led.total}
+    return entry
+
+
+def file_entry(path: str) -> dict:
+    """size and sha256 of a bundle file, and the spot hash checked on every load of a large one."""
+    entry = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+    if entry["size"] > SMALL_FILE:
+        entry["spot_sha256"] = spot_sha256(path)
     return entry
 
 
