@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import AudioConfig, Quantization, RowTables, SliceSpec, TextConfig, VisionConfig
 from .errors import Gemma3nError
@@ -28,6 +28,7 @@ class Bundle:
     tokenizer: str
     vision: VisionConfig | None
     audio: AudioConfig | None
+    _checked: set = field(default_factory=set, compare=False, repr=False)   # folders whose files were checked
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Bundle":
@@ -48,9 +49,8 @@ class Bundle:
             raise Gemma3nError(f"{mpath}: bundle format version {manifest.get('format_version')} is not supported "
                                f"by this runtime (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
                                f"re-export the checkpoint")
-        files = manifest.get("files", {})
-        for rel, meta in files.items():
-            check_file(path, rel, meta)
+        for rel, meta in manifest.get("files", {}).items():
+            check_size(path, rel, meta)
         slices = tuple(SliceSpec.from_dict(s) for s in manifest.get("slices", []))
         if not slices:
             raise Gemma3nError(f"{mpath}: the slice catalog is empty")
@@ -64,6 +64,15 @@ class Bundle:
             raise Gemma3nError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
 
     def file(self, rel: str) -> str:
+        """The path of a bundle file, for a component about to open it. The first time a folder's
+        file is asked for, every file of that folder is checked (check_content): a text-only run
+        reads nothing of vision/ or audio/."""
+        folder = os.path.dirname(rel)
+        if folder not in self._checked:
+            for other, meta in self.manifest.get("files", {}).items():
+                if os.path.dirname(other) == folder:
+                    check_content(self.path, other, meta)
+            self._checked.add(folder)
         return os.path.join(self.path, rel)
 
     def slice(self, name: str) -> SliceSpec:
@@ -75,8 +84,9 @@ class Bundle:
     def verify(self) -> None:
         """Check every file's sha256 against the manifest (reads the whole bundle)."""
         for rel, meta in self.manifest["files"].items():
-            if sha256_file(self.file(rel)) != meta["sha256"]:
-                raise Gemma3nError(f"{self.file(rel)}: sha256 differs from the manifest (corrupted file)")
+            fpath = os.path.join(self.path, rel)
+            if sha256_file(fpath) != meta["sha256"]:
+                raise Gemma3nError(f"{fpath}: sha256 differs from the manifest (corrupted file)")
 
 
 def verify(path: str | os.PathLike | None = None) -> str:
@@ -88,15 +98,21 @@ def verify(path: str | os.PathLike | None = None) -> str:
     return bundle.path
 
 
-def check_file(bundle: str, rel: str, meta: dict) -> None:
-    """The checks made on every load: the file exists with its size; a small file (graphs,
-    tokenizer, tables of the towers) has its sha256; a large one its spot hash."""
+def check_size(bundle: str, rel: str, meta: dict) -> None:
+    """Checked on open for every file: it exists with its size (a stat, nothing read)."""
     fpath = os.path.join(bundle, rel)
     if not os.path.isfile(fpath):
         raise Gemma3nError(f"{bundle}: bundle is missing {rel}")
     size = os.path.getsize(fpath)
     if size != meta["size"]:
         raise Gemma3nError(f"{fpath}: size {size} differs from the manifest's {meta['size']} (truncated or replaced file)")
+
+
+def check_content(bundle: str, rel: str, meta: dict) -> None:
+    """Checked before a component uses its files: a small file (graphs, tokenizer, the towers'
+    tables) has its sha256, a large one its spot hash."""
+    fpath = os.path.join(bundle, rel)
+    size = os.path.getsize(fpath)
     if size <= SMALL_FILE:
         if sha256_file(fpath) != meta["sha256"]:
             raise Gemma3nError(f"{fpath}: sha256 differs from the manifest (corrupted file)")
