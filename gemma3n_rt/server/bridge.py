@@ -152,17 +152,16 @@ class Engine:
         pieces = self.model._text(tokens)
         cut = StopText(stops)
         try:
-            for piece in pieces:
+            for piece in pieces:    # a set `cancel` ends generation before the next token
                 text, hit = cut.push(piece)
                 if text:
                     emit(text)
                 if hit:
+                    stats.stop_reason = "stop string"
                     return "stop"
-                if cancel.is_set():
-                    break
         finally:
             pieces.close()      # ends generation and frees the model
         tail = cut.flush()
         if tail:
             emit(tail)
-        return "cancelled" if cancel.is_set() else stats.finish_reason or "stop"
+        return stats.finish_reason or "stop"

@@ -1,0 +1,324 @@
+"""gemma3n-serve on the demo bundle: the official openai client against a server started here on a
+free loopback port, compared with Model.generate; the prompt cache, queued concurrent streams,
+bad requests, the API key, loading, and a client that goes away mid-stream."""
+import base64
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+import gemma3n_rt
+from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.server import Engine, create_app
+from gemma3n_rt.server.bridge import StopText
+
+CONTEXT = 256
+GREEDY = dict(temperature=0)
+
+
+def load_demo():
+    return gemma3n_rt.load(context=CONTEXT)
+
+
+class Running:
+    def __init__(self, url: str, engine: Engine):
+        self.url, self.engine = url, engine
+        self.host, self.port = url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1])
+
+    def client(self, api_key: str = "none", **kwargs) -> "openai.OpenAI":
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=120, **kwargs)
+
+    def post(self, path: str, body: bytes, headers=None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        try:
+            conn.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+
+@contextmanager
+def serve(loader, api_key=None, wait_loaded=True):
+    """The app on uvicorn in a thread, on a free port of 127.0.0.1."""
+    engine = Engine(loader)
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=2))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started, "the server did not start"
+        if wait_loaded:
+            assert engine.loaded.wait(60), "the model did not load"
+        yield Running(f"http://127.0.0.1:{sock.getsockname()[1]}", engine)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serve(load_demo) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A second Model on the same bundle: what the server's answers must equal."""
+    return load_demo()
+
+
+def chat_text(client, messages, stream=False, **kwargs):
+    """(text, finish_reason, usage) from chat.completions.create."""
+    if not stream:
+        r = client.chat.completions.create(model="E4B", messages=messages, **kwargs)
+        return r.choices[0].message.content, r.choices[0].finish_reason, r.usage
+    pieces, finish, use = [], None, None
+    for c in client.chat.completions.create(model="E4B", messages=messages, stream=True,
+                                            stream_options={"include_usage": True}, **kwargs):
+        if c.choices:
+            pieces.append(c.choices[0].delta.content or "")
+            finish = c.choices[0].finish_reason or finish
+        if c.usage is not None:
+            use = c.usage
+    return "".join(pieces), finish, use
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_greedy_text_equals_model_generate(server, reference, stream):
+    expected = reference.generate(MESSAGES, max_new_tokens=8, **GREEDY)
+    text, finish, use = chat_text(server.client(), MESSAGES, stream, max_tokens=8, **GREEDY)
+    assert text == expected and finish == "length"
+    assert use.completion_tokens == 8 and use.prompt_tokens == len(reference.prompt(MESSAGES))
+    assert use.total_tokens == use.prompt_tokens + 8
+
+
+def test_chat_sampling_with_seed_equals_model_generate(server, reference):
+    settings = dict(temperature=0.8, top_p=0.9, seed=3)
+    expected = reference.generate(MESSAGES, max_new_tokens=8, top_k=64, **settings)   # the server's default top_k
+    text, _, _ = chat_text(server.client(), MESSAGES, max_completion_tokens=8, **settings)
+    assert text == expected
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_plain_completion_equals_model_generate(server, reference, stream):
+    expected = reference.generate("Once upon a time", max_new_tokens=6, chat=False, **GREEDY)
+    r = server.client().completions.create(model="E4B", prompt="Once upon a time", max_tokens=6, stream=stream,
+                                           **GREEDY)
+    chunks = list(r) if stream else [r]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_cuts_the_text(server, reference, stream):
+    full = reference.generate(MESSAGES, max_new_tokens=12, **GREEDY)
+    stop = full[6:9]
+    assert len(stop) == 3
+    text, finish, use = chat_text(server.client(), MESSAGES, stream, max_tokens=12, stop=[stop, "\x00never"],
+                                  **GREEDY)
+    assert text == full[:full.find(stop)] and finish == "stop" and use.completion_tokens < 12
+
+
+def test_follow_up_turn_reuses_the_cache_and_gives_the_same_text(server):
+    client = server.client()
+    first = [{"role": "user", "content": "Name a colour."}]
+    reply, _, _ = chat_text(client, first, max_tokens=6, **GREEDY)
+    follow = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And another?"}]
+    text, _, use = chat_text(client, follow, max_tokens=6, **GREEDY)
+    assert use.prompt_tokens_details.cached_tokens > len(load_demo().prompt(first)) - 2
+    fresh = load_demo()       # nothing cached
+    assert text == fresh.generate(follow, max_new_tokens=6, **GREEDY)
+    with serve(load_demo) as cold:
+        cold_text, _, cold_use = chat_text(cold.client(), follow, max_tokens=6, **GREEDY)
+    assert cold_use.prompt_tokens_details.cached_tokens == 0 and cold_text == text
+
+
+def test_four_concurrent_streams_each_get_their_own_completion(server, reference):
+    prompts = ["Tell me about cats.", "What is two plus two?", "Write a haiku.", "Hello there!"]
+    solo = [reference.generate(p, max_new_tokens=8, **GREEDY) for p in prompts]
+
+    def ask(prompt):
+        return chat_text(server.client(), [{"role": "user", "content": prompt}], stream=True, max_tokens=8, **GREEDY)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(ask, prompts))
+    assert [r[0] for r in results] == solo
+    assert all(r[1] == "length" and r[2].completion_tokens == 8 for r in results)
+
+
+def test_models_and_health(server):
+    status, body = server.get("/v1/models")
+    assert status == 200
+    assert [m["id"] for m in body["data"]] == gemma3n_rt.load().slices
+    assert [m["id"] for m in body["data"] if m["loaded"]] == [server.engine.model.slice]
+    assert server.get("/health") == (200, {"status": "ok", "model": server.engine.model.slice, "context": CONTEXT})
+
+
+def _image_part(url):
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                        {"type": "text", "text": "What is this?"}]}
+
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
+WAV = base64.b64encode(b"RIFF" + bytes(64)).decode()
+BAD_REQUESTS = {
+    "malformed JSON": ("/v1/chat/completions", b'{"messages": [', 400, "not valid JSON"),
+    "body not an object": ("/v1/chat/completions", b"[1, 2]", 400, "JSON object"),
+    "unknown role": ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400, "unknown role"),
+    "unknown part type": ("/v1/chat/completions",
+                          {"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]},
+                          400, "unknown content part type"),
+    "roles out of order": ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x"}]},
+                           400, "alternate"),
+    "max_tokens 0": ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 0}, 400, "max_tokens"),
+    "max_tokens over the context": ("/v1/completions", {"prompt": "x", "max_tokens": 10 ** 9}, 400, "max_tokens"),
+    "temperature below 0": ("/v1/chat/completions", {"messages": MESSAGES, "temperature": -1}, 400, "temperature"),
+    "corrupt base64 image": ("/v1/chat/completions", {"messages": [_image_part("data:image/png;base64,@@not base64")]},
+                             400, "not valid base64"),
+    "image without a vision tower": ("/v1/chat/completions",
+                                     {"messages": [_image_part("data:image/png;base64," + PNG)]},
+                                     400, "no image encoder"),
+    "audio without an audio tower": ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": WAV, "format": "wav"}}]}]}, 400, "no audio encoder"),
+    "audio format": ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": WAV, "format": "flac"}}]}]}, 400, "wav, mp3"),
+    "network image URL": ("/v1/chat/completions", {"messages": [_image_part("https://example.com/cat.png")]},
+                          400, "does not fetch"),
+    "missing image file": ("/v1/chat/completions", {"messages": [_image_part("file:///nonexistent/cat.png")]},
+                           400, "no such file"),
+    "prompt over the context": ("/v1/chat/completions",
+                                {"messages": [{"role": "user", "content": "word " * (2 * CONTEXT)}]},
+                                400, "context holds 256"),
+    "n over 1": ("/v1/chat/completions", {"messages": MESSAGES, "n": 2}, 400, "'n'"),
+    "50 MB body": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * (50 << 20)}]},
+                   413, "limit"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_an_error_body_and_the_server_keeps_serving(server, case):
+    path, body, status, words = BAD_REQUESTS[case]
+    got, reply = server.post(path, body if isinstance(body, bytes) else json.dumps(body).encode())
+    assert got == status, reply
+    error = reply["error"]
+    assert words in error["message"] and error["type"] == "invalid_request_error" and "code" in error
+    r = server.client().chat.completions.create(model="E4B", messages=MESSAGES, max_tokens=2, **GREEDY)
+    assert r.usage.completion_tokens == 2
+
+
+def test_openai_client_sees_the_error(server):
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(model="E4B", messages=[{"role": "user", "content": "x"}],
+                                                max_tokens=0)
+    assert e.value.status_code == 400 and "max_tokens" in str(e.value)
+
+
+def test_api_key():
+    with serve(load_demo, api_key="s3cret") as keyed:
+        for key in ("none", "s3cret-not"):
+            with pytest.raises(openai.AuthenticationError) as e:
+                keyed.client(api_key=key).models.list()
+            assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+        status, body = keyed.post("/v1/chat/completions", json.dumps({"messages": MESSAGES}).encode())
+        assert status == 401 and body["error"]["type"] == "authentication_error"
+        assert keyed.get("/health")[0] == 200       # health needs no key
+        text, _, _ = chat_text(keyed.client(api_key="s3cret"), MESSAGES, max_tokens=2, **GREEDY)
+        assert text
+
+
+def test_503_while_the_model_loads():
+    gate = threading.Event()
+
+    def slow_load():
+        assert gate.wait(60)
+        return load_demo()
+
+    with serve(slow_load, wait_loaded=False) as loading:
+        status, body = loading.post("/v1/chat/completions", json.dumps({"messages": MESSAGES}).encode())
+        assert status == 503 and body["error"]["code"] == "model_loading"
+        assert loading.get("/health") == (503, {"status": "loading"})
+        gate.set()
+        assert loading.engine.loaded.wait(60)
+        assert chat_text(loading.client(), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
+
+
+def test_a_model_that_fails_to_load_answers_503_with_the_reason():
+    def broken():
+        raise Gemma3nError("/nowhere: bundle directory not found")
+
+    with serve(broken) as failed:
+        status, body = failed.get("/v1/models")
+        assert status == 503 and "bundle directory not found" in body["error"]["message"]
+        assert failed.get("/health") == (503, {"status": "error"})
+
+
+def test_client_disconnect_mid_stream_stops_its_generation(server):
+    model = server.engine.model
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    body = {"messages": [{"role": "user", "content": "Talk for a long time."}], "max_tokens": 200, "stream": True,
+            **GREEDY}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    data_lines = 0
+    while data_lines < 3:
+        data_lines += resp.readline().startswith(b"data: ")
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = time.monotonic() + 30
+    while model.last_stats.stop_reason != "cancelled" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert model.last_stats.stop_reason == "cancelled" and model.last_stats.generated_tokens < 200
+    t0 = time.monotonic()
+    assert chat_text(server.client(), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
+    assert time.monotonic() - t0 < 5
+
+
+def test_stop_text_holds_back_a_possible_stop_string():
+    cut = StopText(("END", "xy"))
+    assert cut.push("abcE") == ("abc", False)
+    assert cut.push("Nd") == ("ENd", False)
+    assert cut.push("x") == ("", False)
+    assert cut.push("zEN") == ("xz", False)
+    assert cut.push("D tail") == ("", True)
+    assert StopText(()).push("all of it") == ("all of it", False)
+
+
+def test_cli_exits_with_one_line_when_the_bundle_is_missing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    run = subprocess.run([sys.executable, "-m", "gemma3n_rt.server.cli", "--port", "0", "--model",
+                          str(tmp_path / "missing")], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == f"gemma3n-serve: error: {tmp_path / 'missing'}: bundle directory not found"
