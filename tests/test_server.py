@@ -2,9 +2,12 @@
 free loopback port, compared with Model.generate; the prompt cache, queued concurrent streams,
 bad requests, the API key, loading, and a client that goes away mid-stream."""
 import base64
+import hashlib
 import http.client
+import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 pytest.importorskip("starlette")
@@ -20,7 +24,11 @@ uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
 import gemma3n_rt
+from gemma3n_rt.bundle import Bundle
 from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.media import MediaEncoders
+from gemma3n_rt.model import demo_bundle_path
+from gemma3n_rt.prompt import Media
 from gemma3n_rt.server import Engine, create_app
 from gemma3n_rt.server.bridge import StopText
 
@@ -191,8 +199,11 @@ def _image_part(url):
                                         {"type": "text", "text": "What is this?"}]}
 
 
-PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(64)).decode()
-WAV = base64.b64encode(b"RIFF" + bytes(64)).decode()
+def _audio_part(data: bytes, fmt="wav"):
+    return {"role": "user", "content": [{"type": "input_audio", "input_audio": {
+        "data": base64.b64encode(data).decode(), "format": fmt}}, {"type": "text", "text": "Transcribe."}]}
+
+
 BAD_REQUESTS = {
     "malformed JSON": ("/v1/chat/completions", b'{"messages": [', 400, "not valid JSON"),
     "body not an object": ("/v1/chat/completions", b"[1, 2]", 400, "JSON object"),
@@ -207,13 +218,9 @@ BAD_REQUESTS = {
     "temperature below 0": ("/v1/chat/completions", {"messages": MESSAGES, "temperature": -1}, 400, "temperature"),
     "corrupt base64 image": ("/v1/chat/completions", {"messages": [_image_part("data:image/png;base64,@@not base64")]},
                              400, "not valid base64"),
-    "image without a vision tower": ("/v1/chat/completions",
-                                     {"messages": [_image_part("data:image/png;base64," + PNG)]},
-                                     400, "no image encoder"),
-    "audio without an audio tower": ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": WAV, "format": "wav"}}]}]}, 400, "no audio encoder"),
-    "audio format": ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": WAV, "format": "flac"}}]}]}, 400, "wav, mp3"),
+    "audio format": ("/v1/chat/completions", {"messages": [_audio_part(b"RIFF", "flac")]}, 400, "wav, mp3"),
+    "corrupt base64 audio": ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]}, 400, "not valid base64"),
     "network image URL": ("/v1/chat/completions", {"messages": [_image_part("https://example.com/cat.png")]},
                           400, "does not fetch"),
     "missing image file": ("/v1/chat/completions", {"messages": [_image_part("file:///nonexistent/cat.png")]},
@@ -236,6 +243,120 @@ def test_bad_request_gets_an_error_body_and_the_server_keeps_serving(server, cas
     assert words in error["message"] and error["type"] == "invalid_request_error" and "code" in error
     r = server.client().chat.completions.create(model="E4B", messages=MESSAGES, max_tokens=2, **GREEDY)
     assert r.usage.completion_tokens == 2
+
+
+def png(seed: int, size=(40, 30)) -> bytes:
+    from PIL import Image
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def wav(seed: int, seconds=1.0) -> bytes:
+    import soundfile
+    wave = 0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32)
+    out = io.BytesIO()
+    soundfile.write(out, wave, 16000, format="WAV")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def towerless_bundle(tmp_path_factory):
+    """The demo without any image or audio encoder (as it is until towers are exported into it)."""
+    src = demo_bundle_path()
+    out = tmp_path_factory.mktemp("towerless") / "bundle"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("vision", "audio"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("vision", None)
+    manifest.pop("audio", None)
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(("vision/", "audio/"))}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return str(out)
+
+
+def test_media_parts_to_a_bundle_without_encoders_get_400_naming_the_problem(towerless_bundle, tmp_path):
+    (tmp_path / "cat.png").write_bytes(png(0))
+    cases = [(_image_part("data:image/png;base64," + base64.b64encode(png(0)).decode()), "no image encoder"),
+             (_image_part((tmp_path / "cat.png").as_uri()), "no image encoder"),
+             (_audio_part(wav(0)), "no audio encoder")]
+    with serve(lambda: gemma3n_rt.load(towerless_bundle, context=CONTEXT)) as plain:
+        for message, words in cases:
+            status, reply = plain.post("/v1/chat/completions", json.dumps({"messages": [message]}).encode())
+            message = reply["error"]["message"]
+            assert status == 400 and words in message and towerless_bundle in message
+        assert chat_text(plain.client(), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
+
+
+class BytesMedia(MediaEncoders):
+    """Stands in for the encoders on a bundle without towers: each image or sound becomes a block
+    of soft embeddings drawn from a hash of its bytes, so the model sees exactly what was sent."""
+
+    def __init__(self, model, tokens=5):
+        super().__init__(model.bundle)
+        self.width, self.tokens, self.seen = model.bundle.text.hidden_size, tokens, []
+        self.text_vocab, self.piece = model.tokenizer.vocab_size, model.tokenizer.piece_id
+
+    def _block(self, kind: str, source) -> Media:
+        data = source if isinstance(source, bytes) else open(source, "rb").read()
+        self.seen.append((kind, data))
+        digest = hashlib.sha256(data).digest()
+        embeds = np.random.default_rng(list(digest)).standard_normal((self.tokens, self.width)).astype(np.float32)
+        soft = self.text_vocab + (kind == "audio")      # ids past the text pieces, not shown as text
+        return Media(kind, embeds, self.piece(f"<start_of_{kind}>"), self.piece(f"<end_of_{kind}>"), soft,
+                     digest.hex())
+
+    def images(self, sources):
+        return [self._block("image", s) for s in sources]
+
+    def clips(self, source):
+        return [self._block("audio", source)]
+
+
+@pytest.fixture
+def stub_media(server, reference):
+    """BytesMedia in the served model and in the reference model, for the length of one test."""
+    served, kept = server.engine.model, (server.engine.model.media, reference.media)
+    served.media, reference.media = BytesMedia(served), BytesMedia(reference)
+    yield served.media
+    served.media, reference.media = kept
+
+
+def test_image_and_audio_parts_reach_the_model_as_sent(server, reference, stub_media, tmp_path):
+    """data: URLs, file:// paths and input_audio deliver the same bytes as Model.generate gets,
+    and give the same text."""
+    (tmp_path / "b.png").write_bytes(png(2))
+    ask = lambda message: chat_text(server.client(), [message], max_tokens=8, **GREEDY)[0]
+    model_text = lambda content: reference.generate([{"role": "user", "content": content}], max_new_tokens=8,
+                                                    **GREEDY)
+    a = ask(_image_part("data:image/png;base64," + base64.b64encode(png(1)).decode()))
+    b = ask(_image_part((tmp_path / "b.png").as_uri()))
+    c = ask(_audio_part(wav(3)))
+    assert stub_media.seen == [("image", png(1)), ("image", png(2)), ("audio", wav(3))]
+    assert a == model_text([{"type": "image", "image": png(1)}, {"type": "text", "text": "What is this?"}])
+    assert b == model_text([{"type": "image", "image": str(tmp_path / "b.png")},
+                            {"type": "text", "text": "What is this?"}])
+    assert c == model_text([{"type": "audio", "audio": wav(3)}, {"type": "text", "text": "Transcribe."}])
+    assert len({a, b}) == 2      # the picture changes the answer
+
+
+DEMO_TOWERS = Bundle.open(demo_bundle_path())
+
+
+@pytest.mark.skipif(DEMO_TOWERS.vision is None, reason="the demo bundle has no image encoder yet")
+def test_image_end_to_end_equals_model_generate(server, reference):
+    content = [{"type": "text", "text": "What is this?"}]
+    text = chat_text(server.client(), [_image_part("data:image/png;base64," + base64.b64encode(png(4)).decode())],
+                     max_tokens=6, **GREEDY)[0]
+    assert text == reference.generate([{"role": "user", "content": [{"type": "image", "image": png(4)}] + content}],
+                                      max_new_tokens=6, **GREEDY)
+
+
+@pytest.mark.skipif(DEMO_TOWERS.audio is None, reason="the demo bundle has no audio encoder yet")
+def test_audio_end_to_end_equals_model_generate(server, reference):
+    text = chat_text(server.client(), [_audio_part(wav(5))], max_tokens=6, **GREEDY)[0]
+    content = [{"type": "audio", "audio": wav(5)}, {"type": "text", "text": "Transcribe."}]
+    assert text == reference.generate([{"role": "user", "content": content}], max_new_tokens=6, **GREEDY)
 
 
 def test_openai_client_sees_the_error(server):
@@ -321,4 +442,5 @@ def test_cli_exits_with_one_line_when_the_bundle_is_missing(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gemma3n_rt.server.cli", "--port", "0", "--model",
                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1] == f"gemma3n-serve: error: {tmp_path / 'missing'}: bundle directory not found"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == f"gemma3n-serve: error: {tmp_path / 'missing'}: bundle directory not found"

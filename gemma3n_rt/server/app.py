@@ -36,7 +36,7 @@ def _log_request(request: Request, status: int, t0: float, rid: str = "-", stats
              time.perf_counter() - t0)
 
 
-async def _read_json(request: Request):
+async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > DRAIN_LIMIT:
         raise ApiError(413, f"the request body is {declared} bytes; the limit is {MAX_BODY}", "request_too_large")
@@ -51,13 +51,19 @@ async def _read_json(request: Request):
             parts.clear()    # read the rest and drop it, so the client gets to see the answer
     if size > MAX_BODY:
         raise ApiError(413, f"the request body is over the limit of {MAX_BODY} bytes", "request_too_large")
+    return b"".join(parts)
+
+
+def _parse(data: bytes, context: int, chat: bool) -> GenerationRequest:
+    """The checked request from the body's bytes (run off the event loop: large bodies take a while)."""
     try:
-        return json.loads(b"".join(parts))
+        body = json.loads(data)
     except json.JSONDecodeError as e:
         raise ApiError(400, f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})",
                        "invalid_json") from None
     except UnicodeDecodeError:
         raise ApiError(400, "the request body is not UTF-8 JSON", "invalid_json") from None
+    return parse_request(body, context, chat)
 
 
 async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
@@ -105,8 +111,7 @@ def create_app(engine: Engine, api_key: str | None = None, on_load_failure=lambd
         t0 = time.perf_counter()
         try:
             model = model_for(request)
-            body = await _read_json(request)
-            req = await asyncio.to_thread(parse_request, body, model.context, chat)
+            req = await asyncio.to_thread(_parse, await _read_body(request), model.context, chat)
         except ApiError as e:
             _log_request(request, e.status, t0, error=e)
             raise
