@@ -189,6 +189,10 @@ def create_app(engine: Engine, api_key: str | None = None, on_load_failure=lambd
         return JSONResponse(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}", code).body(),
                             e.status_code)
 
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(e).__name__, e)
+        return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}").body(), 500)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         engine.start_loading(on_load_failure)
@@ -200,4 +204,5 @@ def create_app(engine: Engine, api_key: str | None = None, on_load_failure=lambd
               Route("/v1/chat/completions", chat_completions, methods=["POST"]),
               Route("/v1/completions", completions, methods=["POST"])]
     return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={ApiError: api_error, HTTPException: http_error})
+                     exception_handlers={ApiError: api_error, HTTPException: http_error,
+                                         Exception: internal_error})

@@ -76,8 +76,12 @@ def _unsupported(body: dict) -> None:
     for key in ("tools", "functions"):
         if body.get(key):
             raise ApiError(400, f"'{key}' (tool calling) is not supported by this server", "unsupported_parameter", key)
-    if body.get("logprobs"):
-        raise ApiError(400, "'logprobs' is not supported by this server", "unsupported_parameter", "logprobs")
+    for key in ("logprobs", "echo", "suffix"):
+        if body.get(key):
+            raise ApiError(400, f"'{key}' is not supported by this server", "unsupported_parameter", key)
+    if body.get("best_of") not in (None, 1):
+        raise ApiError(400, "'best_of' must be 1: this server generates one choice per request", "invalid_value",
+                       "best_of")
 
 
 def parse_request(body, context: int, chat: bool) -> GenerationRequest:
@@ -98,10 +102,10 @@ def parse_request(body, context: int, chat: bool) -> GenerationRequest:
     max_tokens = _int(body, key, 1, context)
     if max_tokens is None and not chat:
         max_tokens = 16      # OpenAI's default for completions
+    top_k = _int(body, "top_k", 0)      # not in OpenAI's API; llama-server and vLLM take it too
     sampling = dict(temperature=_number(body, "temperature", lambda v: v >= 0, "a number >= 0", DEFAULT_TEMPERATURE),
                     top_p=_number(body, "top_p", lambda v: 0 < v <= 1, "in (0, 1]", DEFAULT_TOP_P),
-                    top_k=_int(body, "top_k", 0) if body.get("top_k") is not None else DEFAULT_TOP_K,
-                    seed=_int(body, "seed", 0))
+                    top_k=DEFAULT_TOP_K if top_k is None else top_k, seed=_int(body, "seed", 0))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", "invalid_value", "stream")
