@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -457,3 +458,32 @@ def test_cli_exits_with_one_line_when_the_bundle_is_missing(tmp_path):
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
     assert last == f"gemma3n-serve: error: {tmp_path / 'missing'}: bundle directory not found"
+
+
+def test_cli_serves_on_the_port_it_reports(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    proc = subprocess.Popen([sys.executable, "-m", "gemma3n_rt.server.cli", "--port", "0", "--context", "128",
+                             "--threads", "1", "--api-key", "k"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        for _ in range(100):
+            line = proc.stderr.readline()
+            if "running on http://127.0.0.1:" in line:
+                url = line.split("running on ")[1].split()[0]
+                break
+        assert url is not None, "no address in the server's log"
+        running = Running(url, None)
+        for _ in range(600):
+            status, health = running.get("/health")
+            if status == 200:
+                break
+            assert status == 503 and health == {"status": "loading"}
+            time.sleep(0.05)
+        assert health["context"] == 128
+        assert chat_text(running.client(api_key="k"), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    # a graceful shutdown, after which uvicorn re-raises the signal so the exit status tells it
+    assert "Finished server process" in err and proc.returncode == -signal.SIGTERM
+    assert "POST /v1/chat/completions 200" in err and "Why is the sky" not in err     # no prompt text in the log
