@@ -119,19 +119,18 @@ def create_app(engine: Engine, api_key: str | None = None, on_load_failure=lambd
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))
         events = engine.generate(req, cancel)
         rid, name = new_id(chat), model.slice
-        first = await anext(events)
-        if isinstance(first, (ApiError, Finished)):
-            watcher.cancel()
-            await events.aclose()
-            error = first if isinstance(first, ApiError) else ApiError(400, "the request was cancelled", "cancelled")
-            _log_request(request, error.status, t0, rid, error=error)
-            raise error
-        assert isinstance(first, Ready)
-        if req.stream:
-            return StreamingResponse(_stream(request, req, events, watcher, rid, name, t0),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        pieces = []
+        streaming = False
         try:
+            first = await anext(events)
+            if not isinstance(first, Ready):     # refused, or cancelled while queued
+                error = first if isinstance(first, ApiError) else ApiError(400, "request cancelled", "cancelled")
+                _log_request(request, error.status, t0, rid, error=error)
+                raise error
+            if req.stream:      # the stream closes the watcher and the events when it ends
+                streaming = True
+                return StreamingResponse(_stream(request, req, events, watcher, rid, name, t0),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            pieces = []
             async for event in events:
                 if isinstance(event, str):
                     pieces.append(event)
@@ -143,8 +142,9 @@ def create_app(engine: Engine, api_key: str | None = None, on_load_failure=lambd
                     use = usage(event.stats.prompt_tokens, event.stats.generated_tokens, event.stats.cached_tokens)
                     return JSONResponse(completion(rid, name, chat, "".join(pieces), event.finish_reason, use))
         finally:
-            watcher.cancel()
-            await events.aclose()
+            if not streaming:
+                watcher.cancel()
+                await events.aclose()
 
     async def _stream(request: Request, req: GenerationRequest, events, watcher, rid: str, name: str, t0: float):
         chat = req.chat
