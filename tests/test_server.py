@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -419,19 +420,28 @@ def test_a_model_that_fails_to_load_answers_503_with_the_reason():
         assert failed.get("/health") == (503, {"status": "error"})
 
 
-def test_client_disconnect_mid_stream_stops_its_generation(server):
-    model = server.engine.model
+def _open_stream(server, max_tokens=200) -> http.client.HTTPConnection:
+    """A streaming chat request that has started generating."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
-    body = {"messages": [{"role": "user", "content": "Talk for a long time."}], "max_tokens": 200, "stream": True,
-            **GREEDY}
+    body = {"messages": [{"role": "user", "content": "Talk for a long time."}], "max_tokens": max_tokens,
+            "stream": True, **GREEDY}
     conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 200
     data_lines = 0
     while data_lines < 3:
         data_lines += resp.readline().startswith(b"data: ")
+    return conn
+
+
+def _hang_up(conn: http.client.HTTPConnection) -> None:
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
+
+
+def test_client_disconnect_mid_stream_stops_its_generation(server):
+    model = server.engine.model
+    _hang_up(_open_stream(server))
     deadline = time.monotonic() + 30
     while model.last_stats.stop_reason != "cancelled" and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -439,6 +449,25 @@ def test_client_disconnect_mid_stream_stops_its_generation(server):
     t0 = time.monotonic()
     assert chat_text(server.client(), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
     assert time.monotonic() - t0 < 5
+
+
+def test_a_queued_request_whose_client_left_is_skipped(server, caplog):
+    caplog.set_level(logging.INFO, logger="gemma3n_rt.server")
+    generating = _open_stream(server)
+    waiting = socket.create_connection((server.host, server.port))
+    body = json.dumps({"messages": MESSAGES, "max_tokens": 50}).encode()
+    waiting.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    time.sleep(0.5)     # the request is read and queued behind the stream
+    waiting.close()
+    time.sleep(0.5)
+    _hang_up(generating)
+    skipped = lambda: [r for r in caplog.records if "error=cancelled" in r.getMessage()]
+    deadline = time.monotonic() + 30
+    while not skipped() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(skipped()) == 1 and "POST /v1/chat/completions 400" in skipped()[0].getMessage()
+    assert chat_text(server.client(), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
 
 
 def test_stop_text_holds_back_a_possible_stop_string():

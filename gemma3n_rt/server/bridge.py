@@ -23,7 +23,6 @@ log = logging.getLogger("gemma3n_rt.server")
 @dataclass(frozen=True)
 class Ready:
     """The prompt is encoded and fits; text follows."""
-    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class Engine:
             emit(Finished(stats, "cancelled"))
             return
         try:
-            prompt_tokens, tokens = self._start(request, stats, cancel)
+            tokens = self._start(request, stats, cancel)
         except ApiError as e:
             emit(e)
             return
@@ -129,7 +128,7 @@ class Engine:
             log.exception("preparing a request failed")
             emit(ApiError(500, f"internal error: {type(e).__name__}: {e}"))
             return
-        emit(Ready(prompt_tokens))
+        emit(Ready())
         try:
             emit(Finished(stats, self._stream(tokens, request.stop, stats, cancel, emit)))
         except Exception as e:
@@ -141,10 +140,10 @@ class Engine:
         prepared = model.prompt(request.prompt, chat=request.chat)
         if len(prepared) > model.context:
             raise ApiError(400, f"the prompt is {len(prepared)} tokens; the context holds {model.context} "
-                                f"(start the server with a larger --context)", "context_length_exceeded", "messages")
+                                f"(start the server with a larger --context)", "context_length_exceeded",
+                           "messages" if request.chat else "prompt")
         max_tokens = request.max_tokens if request.max_tokens is not None else model.context - len(prepared) + 1
-        return len(prepared), model.generate_tokens(prepared, max_tokens, stats=stats, cancel=cancel,
-                                                    **request.sampling)
+        return model.generate_tokens(prepared, max_tokens, stats=stats, cancel=cancel, **request.sampling)
 
     def _stream(self, tokens, stops: tuple[str, ...], stats: GenerationStats, cancel: threading.Event,
                 emit) -> str:
