@@ -480,6 +480,20 @@ def test_stop_text_holds_back_a_possible_stop_string():
     assert StopText(()).push("all of it") == ("all of it", False)
 
 
+def test_cli_exits_with_one_line_when_the_port_is_taken():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    try:
+        run = subprocess.run([sys.executable, "-m", "gemma3n_rt.server.cli", "--port", str(taken.getsockname()[1])],
+                             capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        taken.close()
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith("gemma3n-serve: error: cannot listen on 127.0.0.1:")
+
+
 def test_cli_exits_with_one_line_when_the_bundle_is_missing(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     run = subprocess.run([sys.executable, "-m", "gemma3n_rt.server.cli", "--port", "0", "--model",
@@ -497,8 +511,8 @@ def test_cli_serves_on_the_port_it_reports(tmp_path):
         url = None
         for _ in range(100):
             line = proc.stderr.readline()
-            if "running on http://127.0.0.1:" in line:
-                url = line.split("running on ")[1].split()[0]
+            if "listening on http://127.0.0.1:" in line:
+                url = line.split("listening on ")[1].split()[0]
                 break
         assert url is not None, "no address in the server's log"
         running = Running(url, None)
