@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -188,10 +189,10 @@ def test_four_concurrent_streams_each_get_their_own_completion(server, reference
     assert all(r[1] == "length" and r[2].completion_tokens == 8 for r in results)
 
 
-def test_models_and_health(server):
+def test_models_and_health(server, reference):
     status, body = server.get("/v1/models")
     assert status == 200
-    assert [m["id"] for m in body["data"]] == gemma3n_rt.load().slices
+    assert [m["id"] for m in body["data"]] == reference.slices
     assert [m["id"] for m in body["data"] if m["loaded"]] == [server.engine.model.slice]
     assert server.get("/health") == (200, {"status": "ok", "model": server.engine.model.slice, "context": CONTEXT})
 
@@ -429,9 +430,11 @@ def _open_stream(server, max_tokens=200) -> http.client.HTTPConnection:
     resp = conn.getresponse()
     assert resp.status == 200
     data_lines = 0
-    while data_lines < 3:
+    for _ in range(50):
         data_lines += resp.readline().startswith(b"data: ")
-    return conn
+        if data_lines == 3:
+            return conn
+    raise AssertionError("the stream did not start")
 
 
 def _hang_up(conn: http.client.HTTPConnection) -> None:
@@ -507,14 +510,22 @@ def test_cli_serves_on_the_port_it_reports(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     proc = subprocess.Popen([sys.executable, "-m", "gemma3n_rt.server.cli", "--port", "0", "--context", "128",
                              "--threads", "1", "--api-key", "k"], stderr=subprocess.PIPE, text=True, env=env)
+    lines = queue.Queue()
+    log_lines = []
+
+    def read_log():
+        for line in proc.stderr:
+            log_lines.append(line)
+            lines.put(line)
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
     try:
         url = None
-        for _ in range(100):
-            line = proc.stderr.readline()
+        while url is None:
+            line = lines.get(timeout=60)
             if "listening on http://127.0.0.1:" in line:
                 url = line.split("listening on ")[1].split()[0]
-                break
-        assert url is not None, "no address in the server's log"
         running = Running(url, None)
         for _ in range(600):
             status, health = running.get("/health")
@@ -526,7 +537,9 @@ def test_cli_serves_on_the_port_it_reports(tmp_path):
         assert chat_text(running.client(api_key="k"), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(30)
+    err = "".join(log_lines)
     # a graceful shutdown, after which uvicorn re-raises the signal so the exit status tells it
     assert "Finished server process" in err and proc.returncode == -signal.SIGTERM
     assert "POST /v1/chat/completions 200" in err and "Why is the sky" not in err     # no prompt text in the log
