@@ -134,7 +134,7 @@ class Model:
         seed. `cancel` (a threading.Event) stops generation before the next token."""
         prepared = self.prompt(prompt, images, audio, chat)
         tokens = self.generate_tokens(prepared, max_new_tokens, None, stats, logits_processors, cancel, **sampling)
-        return self._text(tokens)
+        return self.text(tokens)
 
     def generate(self, prompt: str | list[dict], max_new_tokens: int = 256, chat: bool = True, images=None,
                  audio=None, **kwargs) -> str:
@@ -197,7 +197,8 @@ class Model:
     def chat(self, system: str | None = None, on_overflow: str = "drop_oldest") -> "Chat":
         return Chat(self, system, on_overflow)
 
-    def _text(self, tokens: Iterator[int]) -> Iterator[str]:
+    def text(self, tokens: Iterator[int]) -> Iterator[str]:
+        """Stream the text of generated ids (up to a stop token); closing it closes `tokens`."""
         detok = StreamDecoder(self.tokenizer)
         text_vocab = self.tokenizer.vocab_size
         try:
@@ -261,7 +262,7 @@ class Chat:
         reply: list[int] = []
         tokens = m.generate_tokens(prompt, max_new_tokens, **kwargs)
         try:
-            yield from m._text(self._record(tokens, reply))
+            yield from m.text(self._record(tokens, reply))
         finally:
             if reply and reply[-1] in m.special.stop_ids:
                 reply.pop()

@@ -148,7 +148,7 @@ class Engine:
     def _stream(self, tokens, stops: tuple[str, ...], stats: GenerationStats, cancel: threading.Event,
                 emit) -> str:
         """Text pieces to `emit` until the model stops, a stop string comes, or cancel; the finish reason."""
-        pieces = self.model._text(tokens)
+        pieces = self.model.text(tokens)
         cut = StopText(stops)
         try:
             for piece in pieces:    # a set `cancel` ends generation before the next token
