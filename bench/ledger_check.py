@@ -41,7 +41,7 @@ def main() -> None:
     model.generate_ids(ids, 16, stop_ids=())
     after = rss()
     led = ledger(model.bundle.text, model.decoder.spec, a.context, DEFAULT_CHUNK,
-                 model.bundle.manifest["quantization"]["decoder"])
+                 model.bundle.quant.decoder)
     print(json.dumps({"slice": a.slice, "context": a.context, "ledger": {"weights": led.weights, "kv": led.kv,
                       "workspace": led.workspace, "total": led.total},
                       "rss_anon_after_load": loaded["anon"] - before["anon"],

@@ -69,3 +69,87 @@ class SliceSpec:
         return cls(**{**s.__dict__, "layers": tuple(s.layers), "ffn_widths": tuple(s.ffn_widths),
                       "caches": caches})
 
+
+
+@dataclass(frozen=True)
+class Quantization:
+    decoder: str                 # "int4", "int8" or "fp32"
+    block_size: int | None       # int4/int8 block along the input dimension
+    tables: str                  # row tables: "int8", "fp16" or "fp32"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Quantization":
+        return _from_dict(cls, d, "manifest quantization")
+
+
+@dataclass(frozen=True)
+class RowTables:
+    embed: str                   # token embedding row table
+    ple: str | None = None       # per-layer embeddings (Gemma 3n only)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RowTables":
+        return _from_dict(cls, d, "manifest row_tables")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The image encoder and the ids of the image prompt block (FORMAT.md, "vision")."""
+    encoder: str                 # graph: pixels [N, 3, S, S] in [0, 1] -> soft embeddings [N, tokens_per_image, D]
+    hard_embeddings: str         # row table [vocab_size, 1, D]: embed_vision's hard path for ids vocab_offset + i
+    vocab_offset: int            # first vision id (262144)
+    vocab_size: int              # vision ids (128)
+    image_size: int              # S (768)
+    tokens_per_image: int        # 256
+    begin_id: int                # <start_of_image>, an ordinary text token
+    end_id: int                  # <end_of_image>, a vision id
+    soft_id: int                 # <image_soft_token>, replaced by the soft embeddings
+    quant: str                   # encoder weights: "fp32" or "int8"
+    weight_bytes: int            # encoder weights resident once loaded
+    params: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VisionConfig":
+        return _from_dict(cls, d, "manifest vision")
+
+
+@dataclass(frozen=True)
+class AudioFeatureConfig:
+    """Gemma3nAudioFeatureExtractor's settings, as the checkpoint's preprocessor uses them."""
+    sample_rate: int = 16_000
+    num_mel_bins: int = 128
+    frame_length: int = 512
+    hop_length: int = 160
+    fft_length: int = 1024
+    min_frequency: float = 125.0
+    max_frequency: float = 7600.0
+    preemphasis: float = 0.97
+    mel_floor: float = 1e-5
+    pad_to_multiple_of: int = 128
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AudioFeatureConfig":
+        return _from_dict(cls, d, "manifest audio feature")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """The audio encoder and the ids of the audio prompt block (FORMAT.md, "audio")."""
+    encoder: str                 # graph: features [N, T, mel] + mask [N, T] (True = valid) -> [N, tokens_per_clip, D]
+    hard_embeddings: str         # row table [vocab_size, 1, D]: embed_audio's hard path for ids vocab_offset + i
+    vocab_offset: int            # first audio id (262272)
+    vocab_size: int              # audio ids (128)
+    max_samples: int             # one clip: 30 s at 16 kHz (480000)
+    tokens_per_clip: int         # 188
+    begin_id: int                # <start_of_audio>
+    end_id: int                  # <end_of_audio>
+    soft_id: int                 # <audio_soft_token>
+    quant: str
+    weight_bytes: int
+    params: int
+    feature: AudioFeatureConfig = AudioFeatureConfig()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AudioConfig":
+        cfg = _from_dict(cls, d, "manifest audio")
+        return cls(**{**cfg.__dict__, "feature": AudioFeatureConfig.from_dict(d.get("feature", {}))})
