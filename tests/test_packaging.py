@@ -18,6 +18,7 @@ INSTALLED = os.environ.get("GEMMA3N_TEST_INSTALLED") == "1"
 # Non-Python files the code opens at run or export time, by package.
 DATA_FILES = {"gemma3n_rt": ["FORMAT.md"], "exporters": ["matformer_configs.csv"],
               "gemma3n_rt.assets": ["demo/manifest.json", "demo/tokenizer.model"]}
+SCRIPTS = {"gemma3n-run": "gemma3n_rt.cli", "gemma3n-export": "exporters.cli", "gemma3n-serve": "gemma3n_rt.server.cli"}
 # E4B's structure (35 layers, uniform FFN width, KV sharing from layer 20) at a tiny width: the
 # exporter reads the published MatFormer catalog for it.
 TINY_E4B = {"model_type": "gemma3n_text", "hidden_size": 32, "num_hidden_layers": 35, "intermediate_size": [64] * 35,
@@ -57,7 +58,7 @@ def _console_script(name: str) -> list[str]:
         return [script]
     if INSTALLED:
         pytest.fail(f"{name} is not installed in {sysconfig.get_path('scripts')}")
-    return [sys.executable, "-m", {"gemma3n-export": "exporters.cli", "gemma3n-run": "gemma3n_rt.cli"}[name]]
+    return [sys.executable, "-m", SCRIPTS[name]]
 
 
 def _package_env() -> dict:
@@ -90,3 +91,11 @@ def test_demo_runs_with_the_console_script(tmp_path):
                        cwd=tmp_path, env=_package_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.endswith("\n")
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_every_console_script_starts(tmp_path, name):
+    p = subprocess.run(_console_script(name) + ["--help"], cwd=tmp_path, env=_package_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"usage: {name}")

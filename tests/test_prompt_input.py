@@ -43,6 +43,10 @@ def check_literals(tokenizer: Tokenizer):
 
 def test_literal_markers_are_text_demo_tokenizer(model):
     check_literals(model.tokenizer)
+    for text in LITERALS:      # nor does the model's prompt turn them into media blocks
+        prompt = model.prompt(text)
+        assert not prompt.media and prompt.ids == chat_ids(model.tokenizer, model.special,
+                                                          [{"role": "user", "content": text}])
 
 
 @pytest.mark.real
@@ -61,7 +65,7 @@ def test_literal_markers_are_text_real_tokenizer(gemma3_270m_gguf, tmp_path):
 def test_empty_prompt(model):
     for chat in (True, False):
         assert isinstance(model.generate("", max_new_tokens=3, temperature=0, chat=chat), str)
-    assert model.prompt_ids("", chat=False) == [model.special.bos]
+    assert model.prompt("", chat=False).ids == [model.special.bos]
 
 
 @pytest.mark.parametrize("text", ["a\udcffb", "\ud800", "\udfff\ud800x", "\ud83d\ude00"])
