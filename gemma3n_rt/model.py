@@ -28,15 +28,11 @@ DEFAULT_CONTEXT = 4096
 
 
 def demo_bundle_path() -> str:
-    """The embedded demo bundle, installed with the package or beside it in a source checkout."""
-    try:
-        from importlib.resources import files
-        path = files("gemma3n_rt.assets") / "demo"
-        if path.is_dir():
-            return str(path)
-    except ModuleNotFoundError:
-        pass
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
+    """The embedded demo bundle: installed with the package (gemma3n_rt/assets/demo), or in a source
+    checkout beside the package (assets/demo)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "assets", "demo")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(here), "assets", "demo")
 
 
 def default_bundle_path(path: str | os.PathLike | None = None) -> str:

@@ -10,12 +10,13 @@ import sys
 
 from ..cli import _budget, _int_at_least
 from ..errors import Gemma3nError
+from ..flags import FlagParser
 
 log = logging.getLogger("gemma3n_rt.server")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gemma3n-serve",
+    p = FlagParser(prog="gemma3n-serve",
                                 description="Serve a Gemma 3n bundle over an OpenAI-compatible HTTP API.")
     p.add_argument("--model", help="bundle directory (default: $GEMMA3N_MODEL, else the embedded demo)")
     choice = p.add_mutually_exclusive_group()
