@@ -165,22 +165,30 @@ def export_encoder(make_module, path: str, size: int, quant: str) -> int:
         program = torch.onnx.export(module, (torch.rand(1, 3, size, size),), input_names=["pixels"],
                                     output_names=["soft_embeddings"], dynamic_shapes={"pixels": {0: batch}},
                                     dynamo=True, optimize=False, verbose=False)
-    traced = path + ".traced.onnx"
-    program.save(traced, external_data=True)
-    del program, module
-    model = onnx.load(traced)      # the tower's weights only
-    os.remove(traced)
-    os.remove(traced + ".data")
+    data = path + ".data"
+    for stale in (path, data):     # onnx appends to an existing data file
+        if os.path.exists(stale):
+            os.remove(stale)
+    if quant == "fp32":
+        program.save(path, external_data=True)     # streams the weights out to `path`.data
+        del program, module
+        model = onnx.load(path, load_external_data=False)
+    else:
+        traced = path + ".traced.onnx"
+        program.save(traced, external_data=True)
+        del program, module
+        model = onnx.load(traced)                  # the tower's weights only
+        os.remove(traced)
+        os.remove(traced + ".data")
+        quantize_weights(model)
     for node in model.graph.node:  # the exporter's per-node stack traces: megabytes of text
         del node.metadata_props[:]
         node.doc_string = ""
-    if quant == "int8":
-        quantize_weights(model)
-    data = path + ".data"
-    if os.path.exists(data):       # onnx appends to an existing data file
-        os.remove(data)
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=os.path.basename(data), size_threshold=1024)
+    if quant == "fp32":
+        onnx.save_model(model, path)               # the graph only; the weights stay in `path`.data
+    else:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(data), size_threshold=1024)
     os.chmod(data, 0o644)
     return initializer_bytes(path)
 

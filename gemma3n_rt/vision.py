@@ -1,10 +1,10 @@
 """Images: loading (any format Pillow opens), the reference preprocessing, adaptive windowing, and
 the vision encoder session. Pillow and numpy only; the encoder is the bundle's ONNX graph.
 
-Preprocessing equals transformers' SiglipImageProcessor (torchvision backend: the class that
-AutoImageProcessor picks for a released Gemma 3n checkpoint, whose preprocessor_config.json says
-SiglipImageProcessorFast): RGB, transparency composited onto white, resized to S x S (aspect not
-kept) by antialiased bilinear on uint8 (image_resize.py), x 1/255, no normalisation, [3, S, S].
+Preprocessing equals transformers' SiglipImageProcessor (torchvision backend: what
+AutoImageProcessor gives a Gemma 3n checkpoint, for SiglipImageProcessor or ...Fast alike) with
+do_convert_rgb: RGB, transparency composited onto white, resized to S x S (aspect not kept) by
+antialiased bilinear on uint8 (image_resize.py), x 1/255, no normalisation, [3, S, S].
 """
 from __future__ import annotations
 
