@@ -110,7 +110,8 @@ def step_measure(out: str, fragment: dict, threads: int, images: int) -> dict:
         times.append(time.time() - start)
     done.set()
     mib = 2**20
-    return {"threads": threads, "session_create_s": round(create_s, 2), "s_per_image": round(float(np.median(times)), 3),
+    return {"threads": threads, "session_create_s": round(create_s, 2),
+            "s_per_image": round(float(np.median(times)), 3),
             "s_per_image_all": [round(t, 3) for t in times], "soft_shape": list(soft.shape),
             "rss_anon_loaded_mib": round((loaded["anon"] - base["anon"]) / mib),
             "peak_rss_anon_mib": round((peak["anon"] - base["anon"]) / mib),

@@ -52,11 +52,10 @@ def vision_part(ckpt: TensorSource, quant: str) -> "VisionPart | None":
              "hard_embedding_norm.weight": ckpt.take(EMBED + "hard_embedding_norm.weight", (hidden,)),
              "soft_embedding_norm.weight": ckpt.take(EMBED + "soft_embedding_norm.weight", (hidden,)),
              "embedding_projection.weight": ckpt.take(EMBED + "embedding_projection.weight", (text_hidden, hidden))}
-    try:
-        ids = dict(offset=int(vcfg.get("vocab_offset", 262_144)), tokens=int(cfg.get("vision_soft_tokens_per_image", 256)),
-                   begin=int(cfg["boi_token_id"]), end=int(cfg["eoi_token_id"]), soft=int(cfg["image_token_id"]))
-    except KeyError as e:
-        raise Gemma3nError(f"{ckpt.dir}: config.json lacks {e.args[0]} (needed for images)") from None
+    # a key config.json leaves out takes transformers' Gemma3nConfig default, as the reference does
+    ids = dict(offset=int(vcfg.get("vocab_offset", 262_144)), tokens=int(cfg.get("vision_soft_tokens_per_image", 256)),
+               begin=int(cfg.get("boi_token_id", 255_999)), end=int(cfg.get("eoi_token_id", 262_144)),
+               soft=int(cfg.get("image_token_id", 262_145)))
     return VisionPart(arch, dict(vcfg.get("model_args") or {}), hidden, vocab, int(text_hidden),
                       float(vcfg.get("rms_norm_eps", 1e-6)), image_size(ckpt.dir), ids, tower, embed, quant)
 

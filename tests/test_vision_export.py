@@ -79,7 +79,8 @@ def test_claims_exactly_the_vision_tensors(exported):
 def test_manifest_fragment(exported):
     model, *_, fragment, _, _ = exported
     cfg = VisionConfig.from_dict(fragment["vision"])
-    params = sum(p.numel() for n, p in model.model.named_parameters() if n.startswith(("vision_tower.", "embed_vision.")))
+    params = sum(p.numel() for n, p in model.model.named_parameters()
+                 if n.startswith(("vision_tower.", "embed_vision.")))
     assert (cfg.vocab_offset, cfg.vocab_size, cfg.image_size, cfg.tokens_per_image) == (2048, 32, 768, 256)
     assert (cfg.begin_id, cfg.end_id, cfg.soft_id) == (mm.BOI, mm.EOI, mm.IMAGE_TOKEN)
     assert cfg.params == params and cfg.quant == "fp32"
