@@ -5,9 +5,9 @@ setup(
     version="0.1.0",
     description="On-device runtime for Google's Gemma 3n on ONNX Runtime: PLE caching, MatFormer slices",
     python_requires=">=3.10",
-    packages=["gemma3n_rt", "gemma3n_rt.assets", "exporters"],
+    packages=["gemma3n_rt", "gemma3n_rt.audio", "gemma3n_rt.assets", "exporters"],
     package_dir={"gemma3n_rt.assets": "assets"},
-    package_data={"gemma3n_rt": ["FORMAT.md"], "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*"]},
+    package_data={"gemma3n_rt": ["FORMAT.md"], "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*", "speech.flac"]},
     install_requires=[
         "numpy>=1.24", "onnxruntime>=1.20", "sentencepiece>=0.2", "pillow", "soundfile",
         # the exporter
