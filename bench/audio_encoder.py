@@ -128,7 +128,8 @@ def main() -> None:
         a = np.load(os.path.join(args.workdir, "fp32", f"emb{seconds}.npy"))
         b = np.load(os.path.join(args.workdir, "int8", f"emb{seconds}.npy"))
         n = {5: 32, 30: 188}[seconds]
-        report[f"int8_vs_fp32_relative_error_{seconds}s"] = float(np.linalg.norm(a[0, :n] - b[0, :n]) / np.linalg.norm(a[0, :n]))
+        error = np.linalg.norm(a[0, :n] - b[0, :n]) / np.linalg.norm(a[0, :n])
+        report[f"int8_vs_fp32_relative_error_{seconds}s"] = float(error)
     print(json.dumps(report, indent=1))
 
 

@@ -111,17 +111,18 @@ class AudioPart:
 
     def _modules(self):
         from transformers.models.gemma3n.modeling_gemma3n import Gemma3nAudioEncoder, Gemma3nMultimodalEmbedder
-        return Gemma3nAudioEncoder(self.audio_config).eval(), Gemma3nMultimodalEmbedder(self.audio_config, self.text_config).eval()
+        return (Gemma3nAudioEncoder(self.audio_config).eval(),
+                Gemma3nMultimodalEmbedder(self.audio_config, self.text_config).eval())
 
     def load_modules(self):
-        """The reference tower and embedder with the checkpoint's weights, float32."""
+        """The reference tower and embedder with the checkpoint's weights, float32, copied in one
+        tensor at a time (the modules' own buffers, computed at construction, are kept)."""
         import torch
         tower, embed = self._modules()
-        for prefix, module in ((TOWER, tower), (EMBED, embed)):
-            state = {name: torch.from_numpy(np.array(self.tensors[prefix + name].load(), np.float32)) for name, _ in module.named_parameters()}
-            missing, unexpected = module.load_state_dict(state, strict=False)
-            if unexpected or any(m for m in missing if m in dict(module.named_parameters())):
-                raise AssertionError(f"audio weights: missing {missing}, unexpected {unexpected}")
+        with torch.no_grad():
+            for prefix, module in ((TOWER, tower), (EMBED, embed)):
+                for name, p in module.named_parameters():
+                    p.copy_(torch.from_numpy(np.asarray(self.tensors[prefix + name].load(), np.float32)))
         return tower.float(), embed.float()
 
     def write(self, tmp_dir: str, show_progress: bool) -> dict:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from audio_reference import TEXT_VOCAB, reference_audio, reference_soft_embeddings, save_audio_checkpoint, tiny_audio_config
+from audio_reference import (TEXT_VOCAB, reference_audio, reference_soft_embeddings, save_audio_checkpoint,
+                             tiny_audio_config)
 from exporters.audio import audio_part, feature_config
 from exporters.checkpoint import Checkpoint
 from gemma3n_rt.audio import AudioEncoder, extract_features

@@ -109,7 +109,8 @@ def _join(blocks) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def split_clips(wave: np.ndarray, max_samples: int, max_clips: int = MAX_CLIPS, name: str = "audio") -> list[np.ndarray]:
+def split_clips(wave: np.ndarray, max_samples: int, max_clips: int = MAX_CLIPS,
+                name: str = "audio") -> list[np.ndarray]:
     """Consecutive clips of at most `max_samples` (the last one shorter); an empty wave is one
     empty clip. More than `max_clips` clips is an error naming `name`."""
     if max_clips < 1:
