@@ -122,7 +122,7 @@ class AudioPart:
         with torch.no_grad():
             for prefix, module in ((TOWER, tower), (EMBED, embed)):
                 for name, p in module.named_parameters():
-                    p.copy_(torch.from_numpy(np.asarray(self.tensors[prefix + name].load(), np.float32)))
+                    p.copy_(torch.from_numpy(np.array(self.tensors[prefix + name].load(), np.float32)))
         return tower.float(), embed.float()
 
     def write(self, tmp_dir: str, show_progress: bool) -> dict:
