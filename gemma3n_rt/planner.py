@@ -15,6 +15,9 @@ MiB = 1 << 20
 SESSION_OVERHEAD = 28 * MiB
 PREPACK = {"int4": 1.2, "int8": 1.11, "fp32": 1.0}
 ALIASES = {"2b": "E2B", "4b": "E4B"}
+# An encoder session holds its weights (x1.0) plus activations of one input.
+ENCODER_RESIDENT = 1.0
+ENCODER_WORKSPACE = 256 * MiB
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,17 @@ def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: st
     return Ledger(spec, weights, kv, SESSION_OVERHEAD + activations + 4 * cfg.vocab_size)
 
 
+def encoder_bytes(bundle: Bundle, modalities=()) -> int:
+    """Resident memory an encoder adds while it runs: the largest of the ones the request may use
+    (they are loaded one at a time and released after encoding)."""
+    towers = {"image": bundle.vision, "audio": bundle.audio}
+    unknown = set(modalities) - towers.keys()
+    if unknown:
+        raise ValueError(f"modalities are 'image' and 'audio', got {sorted(unknown)}")
+    return max((int(t.weight_bytes * ENCODER_RESIDENT) + ENCODER_WORKSPACE for m, t in towers.items()
+                if m in modalities and t is not None), default=0)
+
+
 def available_memory() -> int:
     try:
         with open("/proc/meminfo") as f:
@@ -53,19 +67,23 @@ def available_memory() -> int:
     return 0
 
 
-def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: int, chunk: int) -> SliceSpec:
-    """A named slice, or the largest one whose ledger fits the budget (default: free memory)."""
-    if effective and effective.lower() != "auto":
+def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: int, chunk: int,
+                 modalities=()) -> SliceSpec:
+    """A named slice, or the largest one whose ledger, plus the encoders of `modalities`, fits the
+    budget (default: free memory)."""
+    if effective is not None and effective.lower() != "auto":
         return bundle.slice(ALIASES.get(effective.lower(), effective))
     budget = parse_bytes(memory_budget) if memory_budget is not None else available_memory()
+    encoders = encoder_bytes(bundle, modalities)
     quant = bundle.quant.decoder
     ledgers = sorted((ledger(bundle.text, s, context, chunk, quant) for s in bundle.slices),
                      key=lambda l: l.slice.effective_params)
-    fitting = [l for l in ledgers if l.total <= budget]
+    fitting = [l for l in ledgers if l.total + encoders <= budget]
     if fitting:
         return fitting[-1].slice
     if memory_budget is None and budget == 0:      # free memory unknown: take the largest
         return ledgers[-1].slice
     smallest = ledgers[0]
+    with_encoders = f" plus {encoders / MiB:.0f} MiB for the {'/'.join(modalities)} encoder" if encoders else ""
     raise Gemma3nError(f"memory budget {budget / MiB:.0f} MiB is too small: the smallest slice, {smallest.slice.name}, "
-                       f"needs {smallest.total / MiB:.0f} MiB at context {context}")
+                       f"needs {smallest.total / MiB:.0f} MiB at context {context}{with_encoders}")
