@@ -130,7 +130,8 @@ class AudioPart:
         from .audio_graph import export_encoder
 
         os.makedirs(os.path.join(tmp_dir, "audio"), exist_ok=True)
-        tower, embed = self.load_modules()
+        modules = list(self.load_modules())
+        tower, embed = modules
         ac = self.audio_config
         with torch.no_grad():
             ids = torch.arange(ac.vocab_offset, ac.vocab_offset + ac.vocab_size)[None]
@@ -138,10 +139,10 @@ class AudioPart:
         d = hard.shape[1]
         write_row_table(os.path.join(tmp_dir, "audio/hard.safetensors"),
                         Lazy("audio.hard", hard.shape, lambda: hard), groups=1, dtype="fp32")
-        weight_bytes = export_encoder(tower, embed, hard[self.pad_row], self.tokens_per_clip,
-                                      os.path.join(tmp_dir, "audio/encoder.onnx"), self.quant, INT8_BLOCK,
-                                      self.feature.num_mel_bins, show_progress)
         del tower, embed
+        weight_bytes = export_encoder(modules, hard[self.pad_row], self.tokens_per_clip,
+                                      os.path.join(tmp_dir, "audio/encoder.onnx"), self.quant, INT8_BLOCK,
+                                      self.feature.num_mel_bins)
         cfg = AudioConfig(
             encoder="audio/encoder.onnx", hard_embeddings="audio/hard.safetensors",
             vocab_offset=ac.vocab_offset, vocab_size=ac.vocab_size, max_samples=self.max_samples,

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 from .onnx_graph import MS_DOMAIN
 from .quantize import MIN_DIM, quantize_blockwise
 
-DATA_SUFFIX = ".weights"
+DATA_SUFFIX = ".data"     # the name torch.onnx gives the external data file
 
 
 def _wrapper(tower, embed, pad: np.ndarray, tokens: int):
@@ -57,12 +57,13 @@ def _traceable_blocks():
         Gemma3nAudioAttention._convert_to_block = original
 
 
-def export_encoder(tower, embed, pad: np.ndarray, tokens: int, path: str, quant: str, block: int, mel: int,
-                   show_progress: bool = False) -> int:
-    """Write the graph to `path` and its weights beside it; returns the weight bytes."""
+def export_encoder(modules: list, pad: np.ndarray, tokens: int, path: str, quant: str, block: int, mel: int) -> int:
+    """Write the graph to `path` and its weights beside it; returns the weight bytes. `modules`
+    ([tower, embed]) is emptied, so that the torch weights can be freed before the int8 pass."""
     import torch
 
-    module = _wrapper(tower, embed, pad, tokens)
+    module = _wrapper(*modules, pad, tokens)
+    modules.clear()
     features = torch.zeros(1, 200, mel)
     mask = torch.ones(1, 200, dtype=torch.bool)
     n = t = torch.export.Dim.DYNAMIC
@@ -70,15 +71,17 @@ def export_encoder(tower, embed, pad: np.ndarray, tokens: int, path: str, quant:
         program = torch.onnx.export(module, (features, mask), dynamo=True, input_names=["features", "mask"],
                                     output_names=["embeddings"], verbose=False,
                                     dynamic_shapes={"features": {0: n, 1: t}, "mask": {0: n, 1: t}})
-    model = program.model_proto
+    del module
+    fp32 = path + ".fp32" if quant == "int8" else path
+    program.save(fp32, external_data=True)       # streams the weights out; no second copy in memory
     del program
     if quant == "int8":
-        _matmuls_to_nbits(model, block)
-    for f in (path, path + DATA_SUFFIX):
-        if os.path.exists(f):
+        model = onnx.load(fp32)
+        for f in (fp32, fp32 + DATA_SUFFIX):
             os.remove(f)
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=os.path.basename(path) + DATA_SUFFIX, size_threshold=1024)
+        _matmuls_to_nbits(model, block)
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(path) + DATA_SUFFIX, size_threshold=1024)
     return os.path.getsize(path + DATA_SUFFIX)
 
 
@@ -103,7 +106,7 @@ def _matmuls_to_nbits(model: onnx.ModelProto, block: int) -> None:
         graph.initializer.extend([qi, si])
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], qi.name, si.name], list(node.output),
                                       name=node.name + "NBits", domain=MS_DOMAIN, K=k, N=n, bits=8,
-                                      block_size=block, accuracy_level=0))
+                                      block_size=block, accuracy_level=4))
         uses[w.name] -= 1
     del graph.node[:]
     graph.node.extend(nodes)

@@ -107,7 +107,7 @@ def test_silence_and_empty_clips(tiny):
 
 
 def test_int8_error(tiny):
-    """int8 (MatMulNBits, 8 bits, blocks of 32) vs the reference: a few per cent on this tiny random
+    """int8 (MatMulNBits, 8 bits, blocks of 32, int8 compute) vs the reference: a few per cent on this tiny random
     tower (the real-shape figure is in bench/audio_encoder.py); the padding rows stay exact."""
     tower, embed, out = tiny
     encoder, fragment, _ = out["int8"]
@@ -120,6 +120,7 @@ def test_int8_error(tiny):
         n = SECONDS_TO_TOKENS[seconds]
         errors.append(relative(got[:n], ref[:n]))
         np.testing.assert_allclose(got[n:], ref[n:], atol=1e-6)
+    print(f"int8 audio encoder, relative error of the soft rows (1 s, 10 s, 30 s): {errors}")
     assert max(errors) < 0.05, errors
 
 
