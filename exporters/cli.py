@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import resource
 import sys
+import time
 
 from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.flags import FlagParser
 from .export import QUANT_MODES, TABLE_DTYPES, export
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gemma3n-export", description=__doc__)
+    p = FlagParser(prog="gemma3n-export", description=__doc__)
     p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, model*.safetensors, "
                                       "tokenizer.model), or a .gguf file; Gemma 3n or Gemma 3")
     p.add_argument("out", help="bundle directory to write")
@@ -28,10 +32,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    started = time.perf_counter()     # the whole export, reading the checkpoint included
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice)
-    except (Gemma3nError, ValueError, OSError) as e:
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
+            kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"
+            e = f"{args.out}: disk full ({e.strerror}); the partial export was removed and {kept}"
+        print(f"gemma3n-export: error: {e}", file=sys.stderr)
+        return 2
+    except (Gemma3nError, ValueError) as e:
         print(f"gemma3n-export: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -41,7 +52,7 @@ def main(argv=None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     slices = ", ".join(s["name"] for s in manifest["slices"])
     print(f"wrote {args.out}: {size / 2**20:.1f} MiB, slices {slices}, decoder {args.quant}, tables {args.tables}, "
-          f"{manifest['seconds']} s, peak RSS {peak:.0f} MiB")
+          f"{time.perf_counter() - started:.2f} s, peak RSS {peak:.0f} MiB")
     return 0
 
 

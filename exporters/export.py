@@ -67,8 +67,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(tmp)
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
         for part in parts:
             manifest.update(part.write(tmp, show_progress))
@@ -170,5 +170,9 @@ def _replace_dir(tmp: str, out_dir: str) -> None:
         return
     old = out_dir + f".old-{os.getpid()}"
     os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)      # the old bundle stays where it was
+        raise
     shutil.rmtree(old, ignore_errors=True)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from .errors import Gemma3nError
+from .flags import FlagParser
 from .memory import parse_bytes
 from .decoder import DEFAULT_CHUNK
 from .model import DEFAULT_CONTEXT, load
@@ -37,6 +38,21 @@ def _float(ok, what: str):
     return parse
 
 
+def _threads(text: str) -> int:
+    value = _int_at_least(1)(text)
+    # more threads than this only oversubscribes the cores; a typo such as 999 should not pass
+    limit = min(256, 4 * (os.cpu_count() or 64))
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"must be at most {limit} (4 per CPU core, 256 at most), got {value}")
+    return value
+
+
+def _effective(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a slice: 2b, 4b, a catalog name, or auto")
+    return text.strip()
+
+
 def _budget(text: str) -> str:
     try:
         parse_bytes(text)
@@ -46,13 +62,14 @@ def _budget(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gemma3n-run", description="Run a Gemma 3n bundle on the CPU.")
+    p = FlagParser(prog="gemma3n-run", description="Run a Gemma 3n bundle on the CPU.")
     p.add_argument("prompt", nargs="?", help="the prompt (a user turn of the chat template, or plain text with --raw)")
     p.add_argument("--model", help="bundle directory (default: $GEMMA3N_MODEL, else the embedded demo)")
-    p.add_argument("--effective", help="MatFormer slice: 2b, 4b, a catalog name, or auto (default)")
+    p.add_argument("--effective", type=_effective, help="MatFormer slice: 2b, 4b, a catalog name, or auto (default)")
     p.add_argument("--memory-budget", type=_budget, help="pick the largest slice that fits, e.g. 1.5GB")
     p.add_argument("--plan", action="store_true", help="print each slice's memory ledger and the choice, then exit")
-    p.add_argument("--max-new-tokens", type=_int_at_least(0), default=256)
+    p.add_argument("--max-new-tokens", type=_int_at_least(0), default=256,
+                   help="stop after this many new tokens, if no end-of-turn comes first (default 256)")
     p.add_argument("--temperature", type=_float(lambda v: 0 <= v < math.inf, "a number >= 0"), default=1.0,
                    help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=_int_at_least(0), default=64, help="0 = off (default 64)")
@@ -60,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int_at_least(0), help="make sampling reproducible")
     p.add_argument("--context", type=_int_at_least(1),
                    help=f"tokens (default: {DEFAULT_CONTEXT}, or the model's maximum if smaller)")
-    p.add_argument("--threads", type=_int_at_least(1), help="CPU threads (default: one per core)")
+    p.add_argument("--threads", type=_threads, help="CPU threads (default: one per core)")
     p.add_argument("--raw", action="store_true", help="plain completion of the prompt, no chat template")
     p.add_argument("--interactive", "-i", action="store_true", help="chat in a loop (empty line or Ctrl-D ends)")
     p.add_argument("--stats", action="store_true", help="print speed and memory figures to stderr")

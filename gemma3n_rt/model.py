@@ -28,15 +28,11 @@ DEFAULT_CONTEXT = 4096
 
 
 def demo_bundle_path() -> str:
-    """The embedded demo bundle, installed with the package or beside it in a source checkout."""
-    try:
-        from importlib.resources import files
-        path = files("gemma3n_rt.assets") / "demo"
-        if path.is_dir():
-            return str(path)
-    except ModuleNotFoundError:
-        pass
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
+    """The embedded demo bundle: installed with the package (gemma3n_rt/assets/demo), or in a source
+    checkout beside the package (assets/demo)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "assets", "demo")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(here), "assets", "demo")
 
 
 def default_bundle_path(path: str | os.PathLike | None = None) -> str:
@@ -134,7 +130,7 @@ class Model:
         seed. `cancel` (a threading.Event) stops generation before the next token."""
         prepared = self.prompt(prompt, images, audio, chat)
         tokens = self.generate_tokens(prepared, max_new_tokens, None, stats, logits_processors, cancel, **sampling)
-        return self._text(tokens)
+        return self.text(tokens)
 
     def generate(self, prompt: str | list[dict], max_new_tokens: int = 256, chat: bool = True, images=None,
                  audio=None, **kwargs) -> str:
@@ -197,7 +193,8 @@ class Model:
     def chat(self, system: str | None = None, on_overflow: str = "drop_oldest") -> "Chat":
         return Chat(self, system, on_overflow)
 
-    def _text(self, tokens: Iterator[int]) -> Iterator[str]:
+    def text(self, tokens: Iterator[int]) -> Iterator[str]:
+        """Stream the text of generated ids (up to a stop token); closing it closes `tokens`."""
         detok = StreamDecoder(self.tokenizer)
         text_vocab = self.tokenizer.vocab_size
         try:
@@ -261,7 +258,7 @@ class Chat:
         reply: list[int] = []
         tokens = m.generate_tokens(prompt, max_new_tokens, **kwargs)
         try:
-            yield from m._text(self._record(tokens, reply))
+            yield from m.text(self._record(tokens, reply))
         finally:
             if reply and reply[-1] in m.special.stop_ids:
                 reply.pop()
