@@ -48,7 +48,7 @@ def setup(tmp_path_factory, demo_tokenizer_path):
     wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 2 * t))
             + 0.05 * np.random.default_rng(9).standard_normal(len(t))).astype(np.float32)
     sf.write(root / "note.wav", wave, SR, subtype="FLOAT")
-    return model, gemma3n_rt.load(bundle, threads=2), str(root / "note.wav"), wave, bundle
+    return model, gemma3n_rt.load(bundle, threads=2), str(root / "note.wav"), wave, bundle, ckpt
 
 
 def no_media_ids(ids, logits: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ def reference_features(wave: np.ndarray):
 
 
 def test_prompt_with_one_clip_matches_reference_greedy(setup):
-    model, ours, path, wave, _ = setup
+    model, ours, path, wave, _, _ = setup
     prepared = ours.prompt("Transcribe this.", audio=[path])
     ids = prepared.ids
     start = ids.index(AUDIO_TOKEN)
@@ -95,7 +95,7 @@ def test_prompt_with_one_clip_matches_reference_greedy(setup):
 
 
 def test_audio_api_forms_and_errors(setup, tmp_path):
-    model, ours, path, wave, bundle = setup
+    model, ours, path, wave, bundle, _ = setup
     a = ours.prompt("Hi", audio=[path])
     b = ours.prompt([{"role": "user", "content": [{"type": "audio", "audio": path}, {"type": "text", "text": "Hi"}]}])
     c = ours.prompt("Hi", audio=[(np.stack([wave, wave], 1), SR)])
@@ -111,3 +111,13 @@ def test_audio_api_forms_and_errors(setup, tmp_path):
     two = ours.prompt("Hi", audio=[(np.zeros(SR * 45, np.float32), SR)])
     assert two.ids.count(AUDIO_TOKEN) == 2 * TOKENS_PER_CLIP      # 45 s: two clips, two blocks
     assert ours.generate("Hi", max_new_tokens=2, temperature=0) is not None   # the model keeps working
+
+
+def test_clip_to_a_bundle_without_audio(setup, tmp_path):
+    *_, path, _, _, ckpt = setup
+    text_only = str(tmp_path / "text_only")
+    export(ckpt, text_only, quant="fp32", tables="fp32", show_progress=False)
+    model = gemma3n_rt.load(text_only, threads=2)
+    with pytest.raises(gemma3n_rt.Gemma3nError, match="no audio encoder"):
+        model.generate("Transcribe.", audio=[path], max_new_tokens=2)
+    assert len(model.generate_ids([2, 100, 200], 3, temperature=0)) == 3      # and it keeps working
