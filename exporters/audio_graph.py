@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor
 
 from .onnx_graph import MS_DOMAIN
 from .quantize import MIN_DIM, quantize_blockwise
@@ -76,17 +77,20 @@ def export_encoder(modules: list, pad: np.ndarray, tokens: int, path: str, quant
     program.save(fp32, external_data=True)       # streams the weights out; no second copy in memory
     del program
     if quant == "int8":
-        model = onnx.load(fp32)
-        for f in (fp32, fp32 + DATA_SUFFIX):
-            os.remove(f)
-        _matmuls_to_nbits(model, block)
+        # the fp32 weights are read one at a time from the file just written, never all at once
+        model = onnx.load(fp32, load_external_data=False)
+        _matmuls_to_nbits(model, block, os.path.dirname(fp32))
         onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=os.path.basename(path) + DATA_SUFFIX, size_threshold=1024)
+        for f in (fp32, fp32 + DATA_SUFFIX):
+            os.remove(f)
     return os.path.getsize(path + DATA_SUFFIX)
 
 
-def _matmuls_to_nbits(model: onnx.ModelProto, block: int) -> None:
-    """MatMul(x, W[K, N] constant) -> MatMulNBits(x, q(W^T), scales), 8 bits, for K and N >= MIN_DIM."""
+def _matmuls_to_nbits(model: onnx.ModelProto, block: int, base_dir: str) -> None:
+    """MatMul(x, W[K, N] constant) -> MatMulNBits(x, q(W^T), scales), 8 bits, for K and N >= MIN_DIM.
+    Weights whose data is external (under base_dir) are read one at a time; the ones kept are
+    brought into the model, so it can be saved elsewhere."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     uses: dict[str, int] = {}
@@ -100,7 +104,7 @@ def _matmuls_to_nbits(model: onnx.ModelProto, block: int) -> None:
             nodes.append(node)
             continue
         k, n = w.dims
-        q, s = quantize_blockwise(numpy_helper.to_array(w).T.astype(np.float32), 8, block)
+        q, s = quantize_blockwise(numpy_helper.to_array(w, base_dir).T.astype(np.float32), 8, block)
         qi = numpy_helper.from_array(q, node.name + ".q8")
         si = numpy_helper.from_array(s, node.name + ".scales")
         graph.initializer.extend([qi, si])
@@ -111,6 +115,11 @@ def _matmuls_to_nbits(model: onnx.ModelProto, block: int) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     keep = [i for i in graph.initializer if uses.get(i.name, 0) > 0 or i.name.endswith((".q8", ".scales"))]
+    for t in keep:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            load_external_data_for_tensor(t, base_dir)
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
     del graph.initializer[:]
     graph.initializer.extend(keep)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
