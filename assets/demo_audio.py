@@ -12,11 +12,13 @@ import os
 AUDIO_SHARD = "model-audio.safetensors"
 
 
-def add_audio_tower(ckpt_dir: str, boa_id: int, audio_vocab: int = 128, seed: int = 0) -> None:
+def add_audio_tower(ckpt_dir: str, boa_id: int = 8, audio_vocab: int = 32, seed: int = 0) -> None:
     """Add model.audio_tower.* and model.embed_audio.* to the checkpoint in ckpt_dir.
 
     Audio ids: [text_vocab - audio_vocab, text_vocab); <end_of_audio> is the first of them,
-    <audio_soft_token> the second (as 262272 / 262273 are), <start_of_audio> is boa_id, a text id."""
+    <audio_soft_token> the second (as 262272 / 262273 are), <start_of_audio> is boa_id, a text id.
+    The defaults are tests/mm_reference.py's: with the demo's 2112 ids, audio is [2080, 2112) (vision
+    [2048, 2080) stays free) and <start_of_audio> is the demo tokenizer's control piece 8."""
     import torch
     from safetensors.numpy import save_file
     from transformers import Gemma3nAudioConfig, Gemma3nTextConfig
