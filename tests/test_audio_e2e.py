@@ -3,8 +3,6 @@ tower, run by the runtime (gemma3n_rt.load, a prompt with a clip), against trans
 on the same prompt ids and the reference extractor's features."""
 from __future__ import annotations
 
-import json
-import os
 
 import numpy as np
 import pytest
@@ -12,27 +10,12 @@ import soundfile as sf
 import torch
 
 import gemma3n_rt
-from exporters.audio import audio_part
-from exporters.checkpoint import Checkpoint
-from exporters.export import export, file_entry
-from gemma3n_rt.bundle import MANIFEST
+from exporters.export import export
 from mm_reference import AUDIO_TOKEN, BOA, EOA, TOKENS_PER_CLIP, VISION_OFFSET, reference_mm_model, \
     save_multimodal_checkpoint, tiny_mm_config
 
 NEW_TOKENS = 16
 SR = 16_000
-
-
-def add_audio(ckpt: str, bundle: str, quant: str) -> None:
-    """The audio part written into an exported text bundle, its manifest section and files added."""
-    fragment = audio_part(Checkpoint(ckpt), quant).write(bundle, show_progress=False)
-    with open(os.path.join(bundle, MANIFEST)) as f:
-        manifest = json.load(f)
-    manifest.update(fragment)
-    for name in sorted(os.listdir(os.path.join(bundle, "audio"))):
-        manifest["files"][f"audio/{name}"] = file_entry(os.path.join(bundle, "audio", name))
-    with open(os.path.join(bundle, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +25,7 @@ def setup(tmp_path_factory, demo_tokenizer_path):
     ckpt = str(root / "ckpt")
     save_multimodal_checkpoint(model, ckpt, tokenizer=str(demo_tokenizer_path), vision=False)
     bundle = str(root / "bundle")
-    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False)
-    add_audio(ckpt, bundle, "fp32")
+    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False, audio_quant="fp32")
     t = np.arange(int(2.5 * SR)) / SR
     wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 2 * t))
             + 0.05 * np.random.default_rng(9).standard_normal(len(t))).astype(np.float32)
@@ -116,7 +98,7 @@ def test_audio_api_forms_and_errors(setup, tmp_path):
 def test_clip_to_a_bundle_without_audio(setup, tmp_path):
     *_, path, _, _, ckpt = setup
     text_only = str(tmp_path / "text_only")
-    export(ckpt, text_only, quant="fp32", tables="fp32", show_progress=False)
+    export(ckpt, text_only, quant="fp32", tables="fp32", show_progress=False, audio_quant="none")
     model = gemma3n_rt.load(text_only, threads=2)
     with pytest.raises(gemma3n_rt.Gemma3nError, match="no audio encoder"):
         model.generate("Transcribe.", audio=[path], max_new_tokens=2)
