@@ -5,10 +5,11 @@ setup(
     version="0.1.0",
     description="On-device runtime for Google's Gemma 3n on ONNX Runtime: PLE caching, MatFormer slices",
     python_requires=">=3.10",
-    packages=["gemma3n_rt", "gemma3n_rt.server", "gemma3n_rt.assets", "exporters"],
+    packages=["gemma3n_rt", "gemma3n_rt.audio", "gemma3n_rt.server", "gemma3n_rt.assets", "exporters"],
     package_dir={"gemma3n_rt.assets": "assets"},
     # every non-Python file the code opens; tests/test_packaging.py checks them in the installed package
-    package_data={"gemma3n_rt": ["FORMAT.md"], "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*"],
+    package_data={"gemma3n_rt": ["FORMAT.md"],
+                  "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*", "speech.flac"],
                   "exporters": ["matformer_configs.csv"]},
     install_requires=[
         "numpy>=1.24", "onnxruntime>=1.20", "sentencepiece>=0.2", "pillow", "soundfile",

@@ -10,6 +10,7 @@ import time
 
 from gemma3n_rt.errors import Gemma3nError
 from gemma3n_rt.flags import FlagParser
+from .audio import QUANT_MODES as AUDIO_QUANT_MODES
 from .export import QUANT_MODES, TABLE_DTYPES, export
 
 
@@ -25,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
                                     "E2B and every published mix-n-match config) or a comma list of names")
     p.add_argument("--custom-slice", action="append", default=[], metavar="NAME=W,W,...[@SKIP]",
                    help="add a slice: FFN width per layer ('8192*20,16384*15' repeats), skipped layers ('20-24')")
+    p.add_argument("--audio-quant", choices=AUDIO_QUANT_MODES, default="int8",
+                   help="audio encoder weights (default int8; none: export without audio)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -35,7 +38,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()     # the whole export, reading the checkpoint included
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
-                          show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice)
+                          show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice,
+                          audio_quant=args.audio_quant)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

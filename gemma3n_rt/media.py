@@ -86,12 +86,13 @@ class MediaEncoders:
             raise Gemma3nError(f"{self.bundle.path}: this bundle has no audio encoder (it was exported without "
                                f"the audio tower); re-export a checkpoint that has one")
         from .audio import AudioEncoder, extract_features, load_audio, split_clips
+        limit = cfg.max_samples * self.max_clips      # reading stops there: a long file is never read whole
         if isinstance(source, tuple) and len(source) == 2:
-            wave = load_audio(source[0], sample_rate=source[1])
+            wave = load_audio(source[0], sample_rate=source[1], max_samples=limit)
         elif isinstance(source, dict) and "array" in source:
-            wave = load_audio(source["array"], sample_rate=source.get("sampling_rate"))
+            wave = load_audio(source["array"], sample_rate=source.get("sampling_rate"), max_samples=limit)
         else:
-            wave = load_audio(source)
+            wave = load_audio(source, max_samples=limit)
         clips = split_clips(wave, cfg.max_samples, self.max_clips)
         if self.audio is None:
             self.audio = AudioEncoder(self.bundle, self.threads)
