@@ -12,6 +12,7 @@ from gemma3n_rt.errors import Gemma3nError
 from gemma3n_rt.flags import FlagParser
 from .audio import QUANT_MODES as AUDIO_QUANT_MODES
 from .export import QUANT_MODES, TABLE_DTYPES, export
+from .vision import DEFAULT_VISION_QUANT, VISION_QUANTS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
                                     "E2B and every published mix-n-match config) or a comma list of names")
     p.add_argument("--custom-slice", action="append", default=[], metavar="NAME=W,W,...[@SKIP]",
                    help="add a slice: FFN width per layer ('8192*20,16384*15' repeats), skipped layers ('20-24')")
+    p.add_argument("--vision-quant", choices=VISION_QUANTS, default=DEFAULT_VISION_QUANT,
+                   help=f"image encoder weights (default {DEFAULT_VISION_QUANT}; none: export without images)")
     p.add_argument("--audio-quant", choices=AUDIO_QUANT_MODES, default="int8",
                    help="audio encoder weights (default int8; none: export without audio)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice,
-                          audio_quant=args.audio_quant)
+                          vision_quant=args.vision_quant, audio_quant=args.audio_quant)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

@@ -20,6 +20,7 @@ from .checkpoint import Checkpoint, TensorSource
 from .hf_config import architecture
 from .architectures import ARCHITECTURES
 from .audio import audio_part
+from .vision import DEFAULT_VISION_QUANT, vision_part
 from .quantize import quantize_graph
 from .text_decoder import SlicePlan
 from .writer import WeightStore, write_graph, write_row_table
@@ -49,7 +50,7 @@ def check_tokenizer(path: str, vocab_size: int) -> None:
 
 def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int = 32,
            force: bool = False, show_progress: bool = True, slices: str | None = None, custom=(),
-           audio_quant: str = "int8") -> dict:
+           vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8") -> dict:
     started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
@@ -62,7 +63,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise Gemma3nError(f"{out_dir}: already exists and is not empty (use --force to replace it)")
     ckpt = open_checkpoint(os.path.expanduser(checkpoint_dir))
     # Each part claims its tensors now; a tensor no part claims is an error that names it.
-    parts = [TextPart(ckpt, quant, tables, block_size, slices, custom), audio_part(ckpt, audio_quant)]
+    parts = [TextPart(ckpt, quant, tables, block_size, slices, custom),
+             vision_part(ckpt, vision_quant), audio_part(ckpt, audio_quant)]
     parts = [p for p in parts if p is not None]
     ckpt.finish()
 

@@ -3,9 +3,6 @@ vision tower (fp32), run by the runtime (gemma3n_rt.load, prompts with one and t
 against transformers' greedy ids on the same prompt ids and the reference processor's pixels."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -13,27 +10,12 @@ import torch
 from PIL import Image
 
 import gemma3n_rt
-from exporters.checkpoint import Checkpoint
-from exporters.export import export, file_entry
-from exporters.vision import vision_part
-from gemma3n_rt.bundle import MANIFEST
+from exporters.export import export
 from mm_reference import (AUDIO_OFFSET, BOI, EOI, IMAGE_TOKEN, TOKENS_PER_IMAGE, reference_mm_model,
                           reference_pixels, save_multimodal_checkpoint, tiny_mm_config)
 from test_vision import scene
 
 NEW_TOKENS = 16
-
-
-def add_vision(ckpt: str, bundle: str, quant: str) -> None:
-    """The vision part written into an exported text bundle, its manifest section and files added."""
-    fragment = vision_part(Checkpoint(ckpt), quant).write(bundle, show_progress=False)
-    with open(os.path.join(bundle, MANIFEST)) as f:
-        manifest = json.load(f)
-    manifest.update(fragment)
-    for name in sorted(os.listdir(os.path.join(bundle, "vision"))):
-        manifest["files"][f"vision/{name}"] = file_entry(os.path.join(bundle, "vision", name))
-    with open(os.path.join(bundle, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +25,8 @@ def setup(tmp_path_factory, demo_tokenizer_path):
     ckpt = str(root / "ckpt")
     save_multimodal_checkpoint(model, ckpt, tokenizer=str(demo_tokenizer_path), audio=False)
     bundle, text_only = str(root / "bundle"), str(root / "text_only")
-    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False)
-    shutil.copytree(bundle, text_only)
-    add_vision(ckpt, bundle, "fp32")
+    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False, vision_quant="fp32")
+    export(ckpt, text_only, quant="fp32", tables="fp32", show_progress=False, vision_quant="none")
     paths = []
     for i, size in enumerate([(640, 480), (300, 700)]):
         paths.append(str(root / f"picture{i}.png"))
