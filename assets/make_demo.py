@@ -2,7 +2,7 @@
 
 A tiny Gemma 3n with the real tensor layout and the E4B structure (35 layers, KV sharing from
 layer 20, sparsity on layers 0-9, per-layer FFN widths 192 nested over 96 so the E2B slice
-exists), random weights from a fixed seed, the demo tokenizer from make_tokenizer.py, exported
+exists) and tiny vision and audio towers (assets/demo_towers.py), random weights from a fixed seed, the demo tokenizer from make_tokenizer.py, exported
 by the project's own exporter. Its weights are random: it shows the machinery, not language.
 
 Usage: python assets/make_demo.py [OUT]   (default: assets/demo beside this file)
@@ -16,6 +16,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from assets.demo_towers import add_audio_tower, add_vision_tower  # noqa: E402
 from assets.make_tokenizer import train_demo_tokenizer  # noqa: E402
 from bench.synthetic import write_random_checkpoint  # noqa: E402
 from exporters.export import export  # noqa: E402
@@ -39,8 +40,12 @@ TEXT_CONFIG = {
 def main(out: str) -> None:
     with tempfile.TemporaryDirectory() as ckpt:
         write_random_checkpoint(ckpt, TEXT_CONFIG, seed=0)
+        add_vision_tower(ckpt)
+        add_audio_tower(ckpt)
         train_demo_tokenizer(os.path.join(ckpt, "tokenizer.model"))
-        export(ckpt, out, quant="int4", tables="int8", force=True, show_progress=False, slices=DEMO_SLICES)
+        # the tiny towers in int8 keep the demo small (the vision tower is 3.7 M parameters)
+        export(ckpt, out, quant="int4", tables="int8", force=True, show_progress=False, slices=DEMO_SLICES,
+               vision_quant="int8", audio_quant="int8")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     print(f"wrote {out} ({size / 2**20:.2f} MiB)")
 

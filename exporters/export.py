@@ -77,6 +77,10 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
         for part in parts:
             manifest.update(part.write(tmp, show_progress))
+        umask = os.umask(0)
+        os.umask(umask)
+        for rel in _files(tmp):   # readable as any file the user writes (torch writes its data files 0600)
+            os.chmod(os.path.join(tmp, rel), 0o666 & ~umask)
         manifest["files"] = {rel: file_entry(os.path.join(tmp, rel)) for rel in sorted(_files(tmp))}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)

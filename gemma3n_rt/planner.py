@@ -24,9 +24,12 @@ ACTIVATION_FLOATS = {"gemma3n": (52, 25, 3), "gemma3": (16, 12, 4)}
 # ... but never below this: small models (hidden 256) hold about as much as twice their size
 ACTIVATION_FLOOR = 56 * MiB
 ALIASES = {"2b": "E2B", "4b": "E4B"}
-# An encoder session holds its weights (x1.0) plus activations of one input.
-ENCODER_RESIDENT = 1.0
-ENCODER_WORKSPACE = 256 * MiB
+# An encoder's resident bytes per weight byte and its workspace for one input, from the real-shape
+# towers (bench/vision_encoder.py, bench/audio_encoder.py: RssAnon + RssFile at the peak): fp32
+# weights stay file-mapped (x1); int8 MatMulNBits are prepacked (x1.2); the image tower's int8
+# weights are dequantized at run time (x5: the int8 file and a float32 copy).
+ENCODER_RESIDENT = {("image", "fp32"): 1.0, ("image", "int8"): 5.0, ("audio", "fp32"): 1.0, ("audio", "int8"): 1.2}
+ENCODER_WORKSPACE = {"image": 448 * MiB, "audio": 512 * MiB}
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ def encoder_bytes(bundle: Bundle, modalities=()) -> int:
     unknown = set(modalities) - towers.keys()
     if unknown:
         raise ValueError(f"modalities are 'image' and 'audio', got {sorted(unknown)}")
-    return max((int(t.weight_bytes * ENCODER_RESIDENT) + ENCODER_WORKSPACE for m, t in towers.items()
-                if m in modalities and t is not None), default=0)
+    return max((int(t.weight_bytes * ENCODER_RESIDENT.get((m, t.quant), 1.0)) + ENCODER_WORKSPACE[m]
+                for m, t in towers.items() if m in modalities and t is not None), default=0)
 
 
 def available_memory() -> int:
