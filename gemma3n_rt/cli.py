@@ -190,7 +190,8 @@ def show(pieces, model, stats: bool) -> None:
     sys.stdout.write("\n")
     sys.stdout.flush()
     if stats:
-        print(f"[{model.slice}, context {model.context}] {model.last_stats.summary()}", file=sys.stderr)
+        encoded = f"encoding images/audio {model.media.seconds:.2f} s | " if model.media.seconds else ""
+        print(f"[{model.slice}, context {model.context}] {encoded}{model.last_stats.summary()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ when an image or a clip comes (conditional loading) and released after, unless k
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class MediaEncoders:
         self.keep_vision, self.keep_audio = keep_vision, keep_audio
         self.windowing, self.max_crops, self.max_clips = windowing, max_crops, max_clips
         self.vision = self.audio = None    # the encoders, while loaded
+        self.seconds = 0.0                 # time spent encoding (loading the encoders included), in total
 
     def encode_messages(self, messages):
         """`messages` with every image/audio part replaced by {"type": ..., "media": Media}."""
@@ -69,6 +71,7 @@ class MediaEncoders:
             image = load_image(src)
             views = window_crops(image, self.max_crops) if self.windowing else [image]
             pixels += [preprocess(v, cfg.image_size) for v in views]
+        t0 = time.perf_counter()
         if self.vision is None:
             self.vision = VisionEncoder(self.bundle, self.threads)
         try:
@@ -77,6 +80,7 @@ class MediaEncoders:
             if not self.keep_vision:
                 self.vision.close()
                 self.vision = None
+            self.seconds += time.perf_counter() - t0
         return [Media("image", s, cfg.begin_id, cfg.end_id, cfg.soft_id, _digest(p)) for s, p in zip(soft, pixels)]
 
     def clips(self, source) -> list[Media]:
@@ -94,6 +98,7 @@ class MediaEncoders:
         else:
             wave = load_audio(source, max_samples=limit)
         clips = split_clips(wave, cfg.max_samples, self.max_clips)
+        t0 = time.perf_counter()
         if self.audio is None:
             self.audio = AudioEncoder(self.bundle, self.threads)
         try:
@@ -102,4 +107,5 @@ class MediaEncoders:
             if not self.keep_audio:
                 self.audio.close()
                 self.audio = None
+            self.seconds += time.perf_counter() - t0
         return [Media("audio", s, cfg.begin_id, cfg.end_id, cfg.soft_id, _digest(c)) for s, c in zip(soft, clips)]
