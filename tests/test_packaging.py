@@ -17,7 +17,7 @@ from bench.synthetic import write_random_checkpoint
 INSTALLED = os.environ.get("GEMMA3N_TEST_INSTALLED") == "1"
 # Non-Python files the code opens at run or export time, by package.
 DATA_FILES = {"gemma3n_rt": ["FORMAT.md"], "exporters": ["matformer_configs.csv"],
-              "gemma3n_rt.assets": ["demo/manifest.json", "demo/tokenizer.model"]}
+              "gemma3n_rt.assets": ["demo/manifest.json", "demo/tokenizer.model", "sample.jpg", "speech.flac"]}
 SCRIPTS = {"gemma3n-run": "gemma3n_rt.cli", "gemma3n-export": "exporters.cli", "gemma3n-serve": "gemma3n_rt.server.cli"}
 # E4B's structure (35 layers, uniform FFN width, KV sharing from layer 20) at a tiny width: the
 # exporter reads the published MatFormer catalog for it.
@@ -99,3 +99,14 @@ def test_every_console_script_starts(tmp_path, name):
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"usage: {name}")
+
+
+@pytest.mark.parametrize("flag, sample", [("--image", "sample.jpg"), ("--audio", "speech.flac")])
+def test_demo_takes_the_installed_samples(tmp_path, flag, sample):
+    """`gemma3n-run --image <sample>` / `--audio <sample>` on the embedded demo, from any directory."""
+    path = files("gemma3n_rt.assets") / sample
+    out = subprocess.run(_console_script("gemma3n-run") + [flag, str(path), "--max-new-tokens", "4", "--seed", "0",
+                                                         "--stats", "Describe it."],
+                         capture_output=True, text=True, env=_package_env(), cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "encoding images/audio" in out.stderr
