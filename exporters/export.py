@@ -19,7 +19,7 @@ from gemma3n_rt.tokenizer import Tokenizer
 from .checkpoint import Checkpoint, TensorSource
 from .hf_config import architecture
 from .architectures import ARCHITECTURES
-from .quantize import quantize_graph
+from .quantize import DEFAULT_RECIPE, QuantRecipe, quantize_graph
 from .text_decoder import SlicePlan
 from .writer import WeightStore, write_graph, write_row_table
 
@@ -46,10 +46,18 @@ def check_tokenizer(path: str, vocab_size: int) -> None:
         raise Gemma3nError(f"{path}: {tok.vocab_size} pieces, more than the model's vocab_size {vocab_size}")
 
 
-def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int = 32,
-           force: bool = False, show_progress: bool = True, slices: str | None = None, custom=()) -> dict:
+def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int | None = None,
+           force: bool = False, show_progress: bool = True, slices: str | None = None, custom=(),
+           head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None) -> dict:
+    """`block_size`, `head` and `asymmetric` default to DEFAULT_RECIPE's (quantize.py)."""
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
+    if head is not None and head not in QUANT_MODES:
+        raise Gemma3nError(f"--head must be one of {', '.join(QUANT_MODES)}, got {head!r}")
+    recipe = QuantRecipe(quant, block_size or DEFAULT_RECIPE.block_size,
+                         DEFAULT_RECIPE.asymmetric if asymmetric is None else asymmetric,
+                         (DEFAULT_RECIPE.head if quant == "int4" else None) if head is None else head,
+                         DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears))
     if tables not in TABLE_DTYPES:
         raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
     out_dir = os.path.abspath(out_dir)
@@ -88,7 +96,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         for plan in tqdm(plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(plans) < 2):
             builder = arch.builder(src, weights, plan, plans)
             graph = builder.build()
-            quantize_graph(graph, quant, block_size)
+            quantize_graph(graph, recipe)
             graph_file = f"text/decoder.{plan.name}.onnx"
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
                       disable=not show_progress) as bar:
@@ -103,8 +111,10 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
             "format_version": FORMAT_VERSION,
             "source": {"architecture": arch_name, "dtype": src.embed_dtype},
             "text_config": _jsonable(src.text_config().__dict__),
-            "quantization": {"decoder": quant, "block_size": block_size if quant != "fp32" else None,
-                             "tables": tables},
+            "quantization": {"decoder": quant, "block_size": recipe.block_size if quant != "fp32" else None,
+                             "tables": tables, "head": recipe.mode_of("lm_head"),
+                             "asymmetric": recipe.asymmetric and quant != "fp32",
+                             "int8_linears": list(recipe.int8_linears) if quant == "int4" else []},
             "tokenizer": "tokenizer.model",
             "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,
