@@ -40,7 +40,7 @@ class QuantRecipe:
 
 
 # The int4 default, chosen by the quality table of bench/quality.py on the real Gemma 3 270M.
-DEFAULT_RECIPE = QuantRecipe()
+DEFAULT_RECIPE = QuantRecipe(asymmetric=True, head="int8", int8_linears=("v_proj", "down_proj"))
 
 
 def quantize_blockwise(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
