@@ -18,13 +18,16 @@ import sentencepiece as spm
 from exporters.checkpoint import Checkpoint
 from exporters.hf_config import parse_gemma3n
 from exporters.text_decoder import std_multiplier
+from gemma3n_rt.config import SLIDING
 
 Q4_0 = gguf.GGMLQuantizationType.Q4_0
 PREFIX = "model.language_model."
 
 
-def _plan(ckpt: Checkpoint, layers: int) -> list[tuple[str, tuple, object]]:
-    """(gguf name, shape, rows(a, b) -> float32) for every tensor, the stacked and the added ones."""
+def _plan(ckpt: Checkpoint, layers: int, vocab: int) -> list[tuple[str, tuple, object]]:
+    """(gguf name, shape, rows(a, b) -> float32) for every tensor, the stacked and the added ones.
+    llama.cpp wants the token embedding (and the padded PLE table) at the tokenizer's `vocab` rows:
+    the rows past it (image and audio ids) are left out, as no text token reads them."""
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3N, layers)
     names = [n for n in ckpt.names() if n.startswith(PREFIX)]
     lazy = lambda n: ckpt._lazy(n, tuple(ckpt.shape(n)))   # noqa: E731
@@ -38,7 +41,7 @@ def _plan(ckpt: Checkpoint, layers: int) -> list[tuple[str, tuple, object]]:
         shape, src = tuple(ckpt.shape(n)), lazy(n)
         if key == "model.embed_tokens_per_layer":     # zero rows padded to the full vocabulary
             have = shape[0]
-            shape = (ckpt.shape(PREFIX + "embed_tokens.weight")[0], shape[1])
+            shape = (vocab, shape[1])
 
             def rows(a, b, src=src, have=have, width=shape[1]):
                 out = np.zeros((b - a, width), np.float32)
@@ -47,6 +50,8 @@ def _plan(ckpt: Checkpoint, layers: int) -> list[tuple[str, tuple, object]]:
                 return out
             plan.append((tmap.get_name(key) + ".weight", shape, rows))
             continue
+        if key == "model.embed_tokens":
+            shape = (vocab, shape[1])
         plan.append((tmap.get_name(key) + ".weight", shape, (lambda a, b, src=src: src.rows(a, b)) if len(shape) == 2
                      else (lambda a, b, src=src: src.load())))
     for head, parts in stacked.items():
@@ -109,7 +114,7 @@ def write_q4_0_gguf(checkpoint_dir: str, path: str) -> None:
     w.add_altup_num_inputs(text["altup_num_inputs"])
     w.add_altup_active_idx(text.get("altup_active_idx", 0))
     w.add_activation_sparsity_scale([std_multiplier(p) if p > 0 else -math.inf for p in text["activation_sparsity_pattern"]])
-    w.add_sliding_window_pattern([t == "sliding_attention" for t in src.layer_types])
+    w.add_sliding_window_pattern([t == SLIDING for t in src.layer_types])
     w.add_final_logit_softcapping(text["final_logit_softcapping"])
     sp = spm.SentencePieceProcessor(model_file=ckpt.tokenizer_path)
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
@@ -123,7 +128,7 @@ def write_q4_0_gguf(checkpoint_dir: str, path: str) -> None:
     w.add_unk_token_id(sp.unk_id())
     w.add_pad_token_id(sp.pad_id())
     w.add_add_space_prefix(False)
-    plan = _plan(ckpt, L)
+    plan = _plan(ckpt, L, len(pieces))
     for name, shape, _ in plan:
         if _quantized(shape):
             nbytes = shape[0] * shape[1] // 32 * 18

@@ -131,7 +131,9 @@ def compare(bundles: dict[str, str], ids: list[int], threads: int | None, llama:
 def dir_bytes(path: str) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    # the bundle's own files, not the prepacked copies onnxruntime's sessions write beside them
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
+               if ".prepacked-" not in d)
 
 
 def text_ids(model_dir: str, tokens: int) -> list[int]:

@@ -50,7 +50,9 @@ def checkpoint(shape: str, work: str) -> str:
 
 def bundle(shape: str, ckpt: str, work: str) -> str:
     from exporters.export import export
-    out = os.path.join(work, shape, "bundle-int4")
+    from exporters.quantize import DEFAULT_RECIPE as r
+    tag = f"int4-b{r.block_size}{'-asym' if r.asymmetric else ''}-head{r.head or 'int4'}" + "".join("-" + k for k in r.int8_linears)
+    out = os.path.join(work, shape, "bundle-" + tag)
     if not os.path.exists(os.path.join(out, "manifest.json")):
         print(f"exporting {ckpt} -> {out}", file=sys.stderr)
         export(ckpt, out, "int4", show_progress=False, slices="full" if shape == "e4b" else None, force=True)
@@ -68,10 +70,19 @@ def gguf_q4(shape: str, ckpt: str, work: str) -> str:
     return out
 
 
+def prepacked_bytes(path: str) -> int:
+    """The prepacked copies sessions.py wrote beside the graphs (0 for llama.cpp)."""
+    if os.path.isfile(path):
+        return 0
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs if ".prepacked-" in d)
+
+
 def dir_bytes(path: str) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    # the bundle's own files, not the prepacked copies onnxruntime's sessions write beside them
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
+               if ".prepacked-" not in d)
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -151,6 +162,7 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
         main = rows[512]
         nbytes = decode_bytes(rt, path)
         entry = {"load_s": main.get("load_s"), "bundle_bytes": dir_bytes(path), "decode_bytes_per_token": nbytes,
+                 "prepacked_bytes": prepacked_bytes(path),
                  "peak_rss_anon": max(r.get("peak_anon", 0) for r in rows.values()),
                  "peak_rss_file": max(r.get("peak_file", 0) for r in rows.values()),
                  "ttft_s_512": main.get("ttft_s"), "decode_tps": main.get("decode_tps")}
@@ -198,6 +210,7 @@ def markdown(shape: str, table: dict, bandwidth: float, args, commit: str, promp
     row("peak RssAnon (GiB)", "peak_rss_anon", scale=1 / GiB, higher_better=False)
     row("peak RssFile (GiB)", "peak_rss_file", scale=1 / GiB, higher_better=False)
     row("bundle / file (GiB)", "bundle_bytes", scale=1 / GiB, higher_better=False)
+    row("prepacked copy written at first load (GiB)", "prepacked_bytes", scale=1 / GiB, higher_better=False)
     row("weight bytes read per decoded token (GiB)", "decode_bytes_per_token", scale=1 / GiB, higher_better=False)
     row("fraction of measured memory bandwidth", "bandwidth_fraction")
     if args.cap:
