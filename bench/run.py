@@ -207,7 +207,7 @@ def markdown(shape: str, table: dict, bandwidth: float, args, commit: str, promp
     for p in prompts:
         row(f"prefill {p} tokens (tok/s)", f"prefill_tps_{p}")
     row("time to first token, 512 prompt (s)", "ttft_s_512", higher_better=False)
-    row(f"decode {DECODE} tokens after 512 (tok/s)", "decode_tps")
+    row(f"decode {args.decode} tokens after 512 (tok/s)", "decode_tps")
     row("peak RssAnon (GiB)", "peak_rss_anon", scale=1 / GiB, higher_better=False)
     row("peak RssFile (GiB)", "peak_rss_file", scale=1 / GiB, higher_better=False)
     row("bundle / file (GiB)", "bundle_bytes", scale=1 / GiB, higher_better=False)
@@ -233,7 +233,7 @@ def markdown(shape: str, table: dict, bandwidth: float, args, commit: str, promp
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def plot(path: str, shape: str, results: dict, cap: int | None) -> None:
+def plot(path: str, shape: str, results: dict, cap: int | None, decode: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -256,7 +256,7 @@ def plot(path: str, shape: str, results: dict, cap: int | None) -> None:
         ax.axhline(cap / GiB, color="black", linestyle="--", linewidth=0.8, label="--cap")
     ax.set_xlabel("seconds since the process started (thin lines: ready, first token)")
     ax.set_ylabel("GiB resident")
-    ax.set_title(f"{shape}: load, prefill 512 tokens, decode {DECODE} (synthetic weights)")
+    ax.set_title(f"{shape}: load, prefill 512 tokens, decode {decode} (synthetic weights)")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -270,6 +270,7 @@ def main(argv=None) -> None:
     p.add_argument("--cap", help="also decode inside a memory cgroup of this size, e.g. 1.6GB")
     p.add_argument("--ple-in-ram", action="store_true", help="also run ours with the PLE table read into memory")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decode", type=int, default=DECODE, help="tokens decoded after the 512-token prompt")
     p.add_argument("--runs", type=int, default=2, help="interleaved repetitions; each figure is the best")
     p.add_argument("--prompts", default=",".join(map(str, PROMPTS)), help="prompt lengths (must include 512)")
     p.add_argument("--work", default=os.path.expanduser("~/.cache/gemma3n-rt-bench"))
@@ -288,7 +289,7 @@ def main(argv=None) -> None:
     bandwidth = memory_bandwidth()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     for rt, path in runtimes.items():      # warm the page cache once; not counted
-        measure(rt, path, 16, a.threads)
+        measure(rt, path, 16, a.threads, decode=2)
     results: dict[tuple, list] = {}
     cap = None
     if cap_bytes:
@@ -299,7 +300,7 @@ def main(argv=None) -> None:
             for prompt in prompts:
                 for rt, path in runtimes.items():
                     # decode speed is read from the 512-token runs; the others decode a few tokens only
-                    r = measure(rt, path, prompt, a.threads, decode=DECODE if prompt == 512 else 8)
+                    r = measure(rt, path, prompt, a.threads, decode=a.decode if prompt == 512 else 8)
                     results.setdefault((rt, prompt, "free"), []).append(r)
                     print(f"[{rep}] {rt} prompt {prompt}: " + (r.get("failed") or
                           f"load {r['load_s']:.2f} s, prefill {r['prefill_tps']:.1f} tok/s, decode {r['decode_tps']:.2f} tok/s, "
@@ -322,13 +323,14 @@ def main(argv=None) -> None:
     os.makedirs(a.out, exist_ok=True)
     base = os.path.join(a.out, f"bench-{a.shape}")
     with open(base + ".json", "w") as f:
-        json.dump({"shape": a.shape, "commit": commit, "threads": a.threads, "runs": a.runs, "bandwidth": bandwidth,
+        json.dump({"shape": a.shape, "commit": commit, "threads": a.threads, "runs": a.runs, "decode": a.decode,
+                   "prompts": prompts, "bandwidth": bandwidth,
                    "cap": cap_bytes, "table": table,
                    "measurements": [dict(r, kind=k[2]) for k, rs in results.items() for r in rs]}, f)
     with open(base + ".md", "w") as f:
         f.write(md)
     try:
-        plot(base + ".png", a.shape, results, cap_bytes)
+        plot(base + ".png", a.shape, results, cap_bytes, a.decode)
     except ModuleNotFoundError:
         print("matplotlib not installed (pip install '.[bench]'): no plot", file=sys.stderr)
     print(md)
