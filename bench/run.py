@@ -109,9 +109,13 @@ def _rss(pid: int) -> tuple[int, int] | None:
 
 def measure(runtime: str, path: str, prompt: int, threads: int, cap=None, ple_in_ram: bool = False,
             decode: int = DECODE) -> dict:
-    """One fresh worker process; its result plus the RSS trace [(seconds, anon, file)]."""
+    """One fresh worker process; its result plus the RSS trace [(seconds, anon, file)]. Under a
+    cap, ours runs its full slice by name: the planner would (rightly) refuse it otherwise."""
     cmd = [sys.executable, "-m", "bench.worker", runtime, path, "--prompt", str(prompt), "--decode", str(decode),
            "--threads", str(threads)] + (["--ple-in-ram"] if ple_in_ram else [])
+    if cap and runtime == "ours":
+        with open(os.path.join(path, "manifest.json")) as f:
+            cmd += ["--effective", json.load(f)["slices"][0]["name"]]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=cap.enter if cap else None)

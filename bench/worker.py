@@ -20,10 +20,11 @@ def prompt_ids(n: int, seed: int = 0) -> list[int]:
     return [2] + np.random.default_rng(seed).integers(3, PLE_ROWS, n - 1).tolist()
 
 
-def run_ours(path: str, ids: list[int], decode: int, threads: int, context: int, ple_in_ram: bool) -> dict:
+def run_ours(path: str, ids: list[int], decode: int, threads: int, context: int, ple_in_ram: bool,
+             effective: str | None = None) -> dict:
     import gemma3n_rt
     t0 = time.perf_counter()
-    model = gemma3n_rt.load(path, threads=threads, context=context)
+    model = gemma3n_rt.load(path, effective=effective, threads=threads, context=context)
     if ple_in_ram:
         from bench.ram_table import InRamRowTable
         model.decoder.ple = InRamRowTable(model.decoder.ple.path)
@@ -69,11 +70,12 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--context", type=int, default=4096)
     p.add_argument("--ple-in-ram", action="store_true")
+    p.add_argument("--effective", help="ours: this slice, whatever the free memory (the planner would refuse under --cap)")
     a = p.parse_args(argv)
     start = time.perf_counter()
     ids = prompt_ids(a.prompt)
     if a.runtime == "ours":
-        r = run_ours(a.path, ids, a.decode, a.threads, a.context, a.ple_in_ram)
+        r = run_ours(a.path, ids, a.decode, a.threads, a.context, a.ple_in_ram, a.effective)
     else:
         r = run_llama(a.path, ids, a.decode, a.threads, a.context)
     r["events"] = {k: v - start for k, v in r["events"].items()}
