@@ -3,12 +3,12 @@ error on a graph that can't be loaded. A GPU execution provider later is one arg
 
 Prepacked weights, mapped: onnxruntime rearranges (prepacks) MatMulNBits weights at every session
 creation into anonymous memory, which the kernel can't reclaim under pressure. The first load of a
-graph therefore also writes onnxruntime's optimized model with its prepacked initializers in an
-external file (`session.save_external_prepacked_constant_initializers`), in a directory beside the
-graph named after this machine's onnxruntime version and CPU; later loads open that model, whose
-prepacked weights stay file-backed (mapped, reclaimable page cache). Set GEMMA3N_PREPACKED=0 to
-switch this off; where the directory can't be written, or the graph's folder holds under 64 MiB,
-the session is made the usual way.
+graph can therefore also write onnxruntime's optimized model with its prepacked initializers in
+an external file (`session.save_external_prepacked_constant_initializers`), in a directory beside
+the graph named after this machine's onnxruntime version and CPU; later loads open that model,
+whose prepacked weights stay file-backed (mapped, reclaimable page cache). Opt-in for now
+(GEMMA3N_PREPACKED=1) until the memory ledger counts mapped weights; where the directory can't be
+written, or the graph's folder holds under 64 MiB, the session is made the usual way.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 def create_session(path: str, threads: int | None = None, providers=CPU) -> ort.InferenceSession:
     """An inference session for the graph at `path` (its external data beside it)."""
     try:
-        if os.environ.get(PREPACKED_ENV, "1") != "0" and tuple(providers) == CPU:
+        if os.environ.get(PREPACKED_ENV, "0") == "1" and tuple(providers) == CPU:
             cached = _prepacked_session(path, threads)
             if cached is not None:
                 return cached
