@@ -35,8 +35,9 @@ def main() -> None:
     before = rss()
     model = gemma3n_rt.load(a.bundle, effective=a.slice, context=a.context, threads=a.threads)
     loaded = rss()
-    ids = [2] + np.random.default_rng(0).integers(3, model.bundle.text.vocab_size_per_layer_input,
-                                                  a.prompt_tokens - 1).tolist()
+    text = model.bundle.text
+    vocab = text.vocab_size_per_layer_input or text.vocab_size      # Gemma 3 has no PLE table
+    ids = [2] + np.random.default_rng(0).integers(3, vocab, a.prompt_tokens - 1).tolist()
     model.generate_ids(ids, 16, stop_ids=())
     after = rss()
     led = ledger(model.bundle.text, model.decoder.spec, a.context, DEFAULT_CHUNK,

@@ -94,7 +94,11 @@ class Checkpoint(TensorSource):
         self.dir = os.fspath(directory)
         if not os.path.isdir(self.dir):
             raise Gemma3nError(f"{self.dir}: checkpoint directory not found")
-        cfg_path = os.path.join(self.dir, "config.json")
+        real = os.path.realpath(self.dir)
+        # Hugging Face's cache links snapshots/REV/FILE to ../../blobs/HASH: the repository's cache is the root
+        self.root = os.path.dirname(os.path.dirname(real)) if os.path.basename(os.path.dirname(real)) == "snapshots" \
+            else real
+        cfg_path = self._inside(os.path.join(self.dir, "config.json"))
         if not os.path.isfile(cfg_path):
             raise Gemma3nError(f"{self.dir}: no config.json (is this a Hugging Face checkpoint directory?)")
         try:
@@ -107,17 +111,30 @@ class Checkpoint(TensorSource):
         self.files: dict[str, SafetensorsFile] = {}
         self.where: dict[str, str] = {}
         for fname in self._shard_names():
-            st = SafetensorsFile(os.path.join(self.dir, fname))
+            st = SafetensorsFile(self._inside(os.path.join(self.dir, fname)))
             self.files[fname] = st
             for name in st.tensors:
                 self.where[name] = fname
-        self.tokenizer_path = os.path.join(self.dir, "tokenizer.model")
+        self.tokenizer_path = self._inside(os.path.join(self.dir, "tokenizer.model"))
+
+    def _inside(self, path: str) -> str:
+        """A file of the checkpoint must lie inside it: a symlink or index entry leading elsewhere is
+        refused, so nothing outside is read, or copied into the bundle (tokenizer.model)."""
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self.root]) != self.root:
+            raise Gemma3nError(f"{path}: leads outside the checkpoint directory (to {real})")
+        return path
 
     def _shard_names(self) -> list[str]:
-        index = os.path.join(self.dir, "model.safetensors.index.json")
+        index = self._inside(os.path.join(self.dir, "model.safetensors.index.json"))
         if os.path.isfile(index):
             with open(index) as f:
-                names = sorted(set(json.load(f)["weight_map"].values()))
+                try:
+                    names = sorted(set(json.load(f)["weight_map"].values()))
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    raise Gemma3nError(f"{index}: not a safetensors index (no weight_map of tensor -> file)") from None
+            if not all(isinstance(n, str) for n in names):
+                raise Gemma3nError(f"{index}: weight_map must name files")
             for n in names:
                 if not os.path.isfile(os.path.join(self.dir, n)):
                     raise Gemma3nError(f"{index}: names shard {n}, which is missing")

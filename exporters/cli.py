@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import resource
 import sys
+import time
 
 from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.flags import FlagParser
+from .audio import QUANT_MODES as AUDIO_QUANT_MODES
 from .export import QUANT_MODES, TABLE_DTYPES, export
 from .quantize import DEFAULT_RECIPE
+from .vision import DEFAULT_VISION_QUANT, VISION_QUANTS
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gemma3n-export", description=__doc__)
+    p = FlagParser(prog="gemma3n-export", description=__doc__)
     p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, model*.safetensors, "
                                       "tokenizer.model), or a .gguf file; Gemma 3n or Gemma 3")
     p.add_argument("out", help="bundle directory to write")
@@ -27,6 +33,10 @@ def parser() -> argparse.ArgumentParser:
                                     "E2B and every published mix-n-match config) or a comma list of names")
     p.add_argument("--custom-slice", action="append", default=[], metavar="NAME=W,W,...[@SKIP]",
                    help="add a slice: FFN width per layer ('8192*20,16384*15' repeats), skipped layers ('20-24')")
+    p.add_argument("--vision-quant", choices=VISION_QUANTS, default=DEFAULT_VISION_QUANT,
+                   help=f"image encoder weights (default {DEFAULT_VISION_QUANT}; none: export without images)")
+    p.add_argument("--audio-quant", choices=AUDIO_QUANT_MODES, default="int8",
+                   help="audio encoder weights (default int8; none: export without audio)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -34,11 +44,19 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    started = time.perf_counter()     # the whole export, reading the checkpoint included
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice,
+                          vision_quant=args.vision_quant, audio_quant=args.audio_quant,
                           head=args.head, asymmetric=args.asymmetric)
-    except (Gemma3nError, ValueError, OSError) as e:
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
+            kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"
+            e = f"{args.out}: disk full ({e.strerror}); the partial export was removed and {kept}"
+        print(f"gemma3n-export: error: {e}", file=sys.stderr)
+        return 2
+    except (Gemma3nError, ValueError) as e:
         print(f"gemma3n-export: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -48,7 +66,7 @@ def main(argv=None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     slices = ", ".join(s["name"] for s in manifest["slices"])
     print(f"wrote {args.out}: {size / 2**20:.1f} MiB, slices {slices}, decoder {args.quant}, tables {args.tables}, "
-          f"{manifest['seconds']} s, peak RSS {peak:.0f} MiB")
+          f"{time.perf_counter() - started:.2f} s, peak RSS {peak:.0f} MiB")
     return 0
 
 

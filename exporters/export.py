@@ -9,7 +9,7 @@ import time
 
 from tqdm import tqdm
 
-from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, sha256_file
+from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, SMALL_FILE, sha256_file, spot_sha256
 from gemma3n_rt.config import SliceSpec
 from gemma3n_rt.decoder import DEFAULT_CHUNK
 from gemma3n_rt.errors import Gemma3nError
@@ -19,6 +19,8 @@ from gemma3n_rt.tokenizer import Tokenizer
 from .checkpoint import Checkpoint, TensorSource
 from .hf_config import architecture
 from .architectures import ARCHITECTURES
+from .audio import audio_part
+from .vision import DEFAULT_VISION_QUANT, vision_part
 from .quantize import DEFAULT_RECIPE, QuantRecipe, quantize_graph
 from .text_decoder import SlicePlan
 from .writer import WeightStore, write_graph, write_row_table
@@ -48,8 +50,10 @@ def check_tokenizer(path: str, vocab_size: int) -> None:
 
 def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int | None = None,
            force: bool = False, show_progress: bool = True, slices: str | None = None, custom=(),
+           vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
            head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None) -> dict:
-    """`block_size`, `head` and `asymmetric` default to DEFAULT_RECIPE's (quantize.py)."""
+    """`block_size`, `head`, `asymmetric` and `int8_linears` default to DEFAULT_RECIPE's (quantize.py)."""
+    started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
     if head is not None and head not in QUANT_MODES:
@@ -60,67 +64,28 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
                          DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears))
     if tables not in TABLE_DTYPES:
         raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
-    out_dir = os.path.abspath(out_dir)
+    out_dir = os.path.abspath(os.path.expanduser(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise Gemma3nError(f"{out_dir}: exists and is not a directory")
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise Gemma3nError(f"{out_dir}: already exists and is not empty (use --force to replace it)")
-    ckpt = open_checkpoint(checkpoint_dir)
-    arch_name = architecture(ckpt.config)
-    arch = ARCHITECTURES[arch_name]
-    src = arch.parse(ckpt.config, ckpt)
-    tokenizer = ckpt.tokenizer_path
-    if not os.path.isfile(tokenizer):
-        raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
-    check_tokenizer(tokenizer, src.vocab_size)
-    weights = arch.take_weights(ckpt, src)
+    ckpt = open_checkpoint(os.path.expanduser(checkpoint_dir))
+    # Each part claims its tensors now; a tensor no part claims is an error that names it.
+    parts = [TextPart(ckpt, recipe, tables, slices, custom),
+             vision_part(ckpt, vision_quant), audio_part(ckpt, audio_quant)]
+    parts = [p for p in parts if p is not None]
     ckpt.finish()
-    plans = arch.plans(src, slices, custom)
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "text"))
     try:
-        started = time.time()
-        row_tables = {"embed": ("text/embed.safetensors", weights["embed_tokens"], 1)}
-        if "embed_tokens_per_layer" in weights:
-            row_tables["ple"] = ("text/ple.safetensors", weights["embed_tokens_per_layer"], src.num_layers)
-        rows = sum(lazy.shape[0] for _, lazy, _ in row_tables.values())
-        with tqdm(total=rows, unit="rows", desc="row tables", disable=not show_progress) as bar:
-            for rel, lazy, groups in row_tables.values():
-                write_row_table(os.path.join(tmp, rel), lazy, groups, tables, progress=bar)
-        store = WeightStore(os.path.join(tmp, "text/weights.bin"))
-        entries = []
-        for plan in tqdm(plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(plans) < 2):
-            builder = arch.builder(src, weights, plan, plans)
-            graph = builder.build()
-            quantize_graph(graph, recipe)
-            graph_file = f"text/decoder.{plan.name}.onnx"
-            with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
-                      disable=not show_progress) as bar:
-                weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
-            entries.append(slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant,
-                                       arch.effective_params(src, plan)))
-        store.close()
-        shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
-
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "source": {"architecture": arch_name, "dtype": src.embed_dtype},
-            "text_config": _jsonable(src.text_config().__dict__),
-            "quantization": {"decoder": quant, "block_size": recipe.block_size if quant != "fp32" else None,
-                             "tables": tables, "head": recipe.mode_of("lm_head"),
-                             "asymmetric": recipe.asymmetric and quant != "fp32",
-                             "int8_linears": list(recipe.int8_linears) if quant == "int4" else []},
-            "tokenizer": "tokenizer.model",
-            "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
-            "slices": entries,
-        }
-        manifest["files"] = {rel: {"size": os.path.getsize(os.path.join(tmp, rel)), "sha256": sha256_file(os.path.join(tmp, rel))}
-                             for rel in sorted(_files(tmp))}
+        os.makedirs(tmp)
+        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+        for part in parts:
+            manifest.update(part.write(tmp, show_progress))
+        manifest["files"] = {rel: file_entry(os.path.join(tmp, rel)) for rel in sorted(_files(tmp))}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
         _replace_dir(tmp, out_dir)
@@ -129,6 +94,58 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise
     manifest["seconds"] = round(time.time() - started, 2)
     return manifest
+
+
+class TextPart:
+    """The text decoder: row tables, the shared weights store, one graph per slice, the tokenizer."""
+
+    def __init__(self, ckpt: TensorSource, recipe: QuantRecipe, tables: str, slices, custom):
+        self.arch_name = architecture(ckpt.config)
+        self.arch = ARCHITECTURES[self.arch_name]
+        self.src = self.arch.parse(ckpt.config, ckpt)
+        self.tokenizer = ckpt.tokenizer_path
+        if not os.path.isfile(self.tokenizer):
+            raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
+        check_tokenizer(self.tokenizer, self.src.vocab_size)
+        self.weights = self.arch.take_weights(ckpt, self.src)
+        self.plans = self.arch.plans(self.src, slices, custom)
+        self.recipe, self.quant, self.tables = recipe, recipe.mode, tables
+
+    def write(self, tmp: str, show_progress: bool) -> dict:
+        src, arch, weights, quant = self.src, self.arch, self.weights, self.quant
+        os.makedirs(os.path.join(tmp, "text"))
+        row_tables = {"embed": ("text/embed.safetensors", weights["embed_tokens"], 1)}
+        if "embed_tokens_per_layer" in weights:
+            row_tables["ple"] = ("text/ple.safetensors", weights["embed_tokens_per_layer"], src.num_layers)
+        rows = sum(lazy.shape[0] for _, lazy, _ in row_tables.values())
+        with tqdm(total=rows, unit="rows", desc="row tables", disable=not show_progress) as bar:
+            for rel, lazy, groups in row_tables.values():
+                write_row_table(os.path.join(tmp, rel), lazy, groups, self.tables, progress=bar)
+        store = WeightStore(os.path.join(tmp, "text/weights.bin"))
+        entries = []
+        for plan in tqdm(self.plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(self.plans) < 2):
+            builder = arch.builder(src, weights, plan, self.plans)
+            graph = builder.build()
+            quantize_graph(graph, self.recipe)
+            graph_file = f"text/decoder.{plan.name}.onnx"
+            with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
+                      disable=not show_progress) as bar:
+                weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
+            entries.append(slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant,
+                                       arch.effective_params(src, plan)))
+        store.close()
+        shutil.copyfile(self.tokenizer, os.path.join(tmp, "tokenizer.model"))
+        return {
+            "source": {"architecture": self.arch_name, "dtype": src.embed_dtype},
+            "text_config": _jsonable(src.text_config().__dict__),
+            "quantization": {"decoder": quant, "block_size": self.recipe.block_size if quant != "fp32" else None,
+                             "tables": self.tables, "head": self.recipe.mode_of("lm_head"),
+                             "asymmetric": self.recipe.asymmetric and quant != "fp32",
+                             "int8_linears": list(self.recipe.int8_linears) if quant == "int4" else []},
+            "tokenizer": "tokenizer.model",
+            "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
+            "slices": entries,
+        }
 
 
 def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str,
@@ -142,6 +159,14 @@ def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int
         entry["published_effective_b"] = plan.meta["published_effective_b"]
     led = ledger(src.text_config(), SliceSpec.from_dict(entry), 1024, DEFAULT_CHUNK, quant)
     entry["ledger_at_1k_context"] = {"weights": led.weights, "kv": led.kv, "workspace": led.workspace, "total": led.total}
+    return entry
+
+
+def file_entry(path: str) -> dict:
+    """size and sha256 of a bundle file, and the spot hash checked on every load of a large one."""
+    entry = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+    if entry["size"] > SMALL_FILE:
+        entry["spot_sha256"] = spot_sha256(path)
     return entry
 
 
@@ -160,5 +185,9 @@ def _replace_dir(tmp: str, out_dir: str) -> None:
         return
     old = out_dir + f".old-{os.getpid()}"
     os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)      # the old bundle stays where it was
+        raise
     shutil.rmtree(old, ignore_errors=True)

@@ -51,7 +51,7 @@ class GGUFCheckpoint(TensorSource):
         self.dir = os.fspath(path)
         try:
             self.reader = gguf.GGUFReader(self.dir)
-        except (ValueError, OSError, KeyError) as e:
+        except (ValueError, OSError, KeyError, IndexError) as e:   # IndexError: a record cut short
             raise Gemma3nError(f"{self.dir}: not a readable GGUF file ({e})") from None
         self._dequantize = gguf.quants.dequantize
         arch = self.field("general.architecture")
@@ -60,7 +60,12 @@ class GGUFCheckpoint(TensorSource):
                                f"{', '.join(ARCHS)})")
         self.arch = arch
         by_gguf = {t.name: t for t in self.reader.tensors}
-        self.config = self._gemma3_config(by_gguf) if arch == "gemma3" else self._gemma3n_config(by_gguf)
+        try:
+            self.config = self._gemma3_config(by_gguf) if arch == "gemma3" else self._gemma3n_config(by_gguf)
+        except KeyError as e:
+            raise Gemma3nError(f"{self.dir}: GGUF file lacks tensor {e}") from None
+        except (TypeError, ValueError) as e:
+            raise Gemma3nError(f"{self.dir}: GGUF metadata has a value of the wrong kind ({e})") from None
         self.tensors = {}       # Hugging Face name -> (GGUF tensor, index into a stacked tensor or None)
         for hf, name in _hf_to_gguf_names(arch, self.config).items():
             if name in by_gguf:

@@ -78,6 +78,30 @@ class Gemma3nSource:
             rms_norm_eps=self.rms_norm_eps)
 
 
+# Ceilings far above any Gemma (E4B: 35 layers, width 2048, vocabulary 262,400), so that an absurd
+# config.json is refused before any list, graph or tensor is sized by it.
+LIMITS = {"num_hidden_layers": 1024, "hidden_size": 1 << 16, "intermediate_size": 1 << 20, "vocab_size": 1 << 24,
+          "vocab_size_per_layer_input": 1 << 24, "hidden_size_per_layer_input": 1 << 16, "num_attention_heads": 1024,
+          "num_key_value_heads": 1024, "head_dim": 1 << 16, "laurel_rank": 1 << 16, "altup_num_inputs": 64,
+          "num_kv_shared_layers": 1024, "sliding_window": 1 << 24, "sliding_window_pattern": 1024,
+          "max_position_embeddings": 1 << 24}
+
+
+def _whole(value, key: str, low: int = 1) -> int:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= LIMITS[key]:
+        raise Gemma3nError(f"config.json: {key} must be a whole number from {low} to {LIMITS[key]}, got {value!r}")
+    return int(value)
+
+
+def _real(value, key: str, low: float, high: float) -> float:
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) \
+            or not low <= value <= high:     # nan fails the comparison
+        raise Gemma3nError(f"config.json: {key} must be a number from {low} to {high}, got {value!r}")
+    return float(value)
+
+
 def _per_layer(value, n: int, key: str) -> tuple:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
@@ -111,9 +135,9 @@ def parse_gemma3n(config: dict, ckpt=None) -> Gemma3nSource:
             raise Gemma3nError(f"config.json: text config lacks {key!r}")
         return default
 
-    n = int(get("num_hidden_layers", 35))
+    n = _whole(get("num_hidden_layers", 35), "num_hidden_layers")
     types = get("layer_types", ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(n)])
-    if len(types) != n or any(t not in LAYER_TYPES for t in types):
+    if not isinstance(types, list) or len(types) != n or any(t not in LAYER_TYPES for t in types):
         raise Gemma3nError(f"config.json: layer_types must list {n} of {sorted(LAYER_TYPES)}")
     rope = text.get("rope_parameters") or {}
     theta = {SLIDING: rope.get("sliding_attention", {}).get("rope_theta", text.get("rope_local_base_freq", 10_000.0)),
@@ -131,24 +155,27 @@ def parse_gemma3n(config: dict, ckpt=None) -> Gemma3nSource:
     if sparsity is None:
         sparsity = [0.95] * min(10, n) + [0.0] * max(0, n - 10) if n > 10 else [0.0] * n
     softcap = text.get("final_logit_softcapping")
-    hidden = int(get("hidden_size", 2048))
-    heads = int(get("num_attention_heads", 8))
+    hidden = _whole(get("hidden_size", 2048), "hidden_size")
+    heads = _whole(get("num_attention_heads", 8), "num_attention_heads")
     return Gemma3nSource(
         prefix=prefix, hidden_size=hidden, num_layers=n,
-        vocab_size=int(get("vocab_size", 262_400)),
-        vocab_size_per_layer_input=int(get("vocab_size_per_layer_input", 262_144)),
-        hidden_size_per_layer_input=int(get("hidden_size_per_layer_input", 256)),
-        num_attention_heads=heads, num_kv_heads=int(get("num_key_value_heads", 2)),
-        head_dim=int(text.get("head_dim") or hidden // heads),
-        intermediate_sizes=tuple(int(x) for x in _per_layer(get("intermediate_size", 16_384), n, "intermediate_size")),
-        activation_sparsity=tuple(float(x) for x in _per_layer(sparsity, n, "activation_sparsity_pattern")),
-        num_kv_shared_layers=int(get("num_kv_shared_layers", 15)),
+        vocab_size=_whole(get("vocab_size", 262_400), "vocab_size"),
+        vocab_size_per_layer_input=_whole(get("vocab_size_per_layer_input", 262_144), "vocab_size_per_layer_input"),
+        hidden_size_per_layer_input=_whole(get("hidden_size_per_layer_input", 256), "hidden_size_per_layer_input"),
+        num_attention_heads=heads, num_kv_heads=_whole(get("num_key_value_heads", 2), "num_key_value_heads"),
+        head_dim=_whole(text.get("head_dim") or hidden // heads, "head_dim"),
+        intermediate_sizes=tuple(_whole(x, "intermediate_size")
+                                 for x in _per_layer(get("intermediate_size", 16_384), n, "intermediate_size")),
+        activation_sparsity=tuple(_real(x, "activation_sparsity_pattern", 0.0, 1.0) for x in
+                                  _per_layer(sparsity, n, "activation_sparsity_pattern")),
+        num_kv_shared_layers=_whole(get("num_kv_shared_layers", 15), "num_kv_shared_layers", low=0),
         layer_types=tuple(LAYER_TYPES[t] for t in types),
-        sliding_window=int(get("sliding_window", 512)), rope_theta=theta,
-        rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
-        final_logit_softcapping=float(softcap) if softcap else 0.0,
-        laurel_rank=int(get("laurel_rank", 64)), altup_num_inputs=int(get("altup_num_inputs", 4)),
-        max_position_embeddings=int(get("max_position_embeddings", 32_768)),
+        sliding_window=_whole(get("sliding_window", 512), "sliding_window"), rope_theta=theta,
+        rms_norm_eps=_real(get("rms_norm_eps", 1e-6), "rms_norm_eps", 0.0, 1.0),
+        final_logit_softcapping=_real(softcap, "final_logit_softcapping", 0.0, 1e6) if softcap else 0.0,
+        laurel_rank=_whole(get("laurel_rank", 64), "laurel_rank"),
+        altup_num_inputs=_whole(get("altup_num_inputs", 4), "altup_num_inputs"),
+        max_position_embeddings=_whole(get("max_position_embeddings", 32_768), "max_position_embeddings"),
         embed_dtype="F32" if ckpt is None else ckpt.dtype(prefix + "embed_tokens.weight"))
 
 
@@ -202,10 +229,10 @@ def parse_gemma3(config: dict, ckpt=None) -> Gemma3Source:
             raise Gemma3nError(f"config.json: text config lacks {key!r}")
         return default
 
-    n = int(get("num_hidden_layers"))
-    pattern = int(get("sliding_window_pattern", 6))
+    n = _whole(get("num_hidden_layers"), "num_hidden_layers")
+    pattern = _whole(get("sliding_window_pattern", 6), "sliding_window_pattern")
     types = get("layer_types", ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)])
-    if len(types) != n or any(t not in LAYER_TYPES for t in types):
+    if not isinstance(types, list) or len(types) != n or any(t not in LAYER_TYPES for t in types):
         raise Gemma3nError(f"config.json: layer_types must list {n} of {sorted(LAYER_TYPES)}")
     rope = text.get("rope_parameters") or {}
     for p in rope.values():
@@ -217,16 +244,17 @@ def parse_gemma3(config: dict, ckpt=None) -> Gemma3Source:
         raise Gemma3nError("config.json: attn_logit_softcapping is not supported")
     theta = {SLIDING: rope.get("sliding_attention", {}).get("rope_theta", text.get("rope_local_base_freq", 10_000.0)),
              FULL: rope.get("full_attention", {}).get("rope_theta", text.get("rope_theta", 1_000_000.0))}
-    hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
-    head_dim = int(text.get("head_dim") or hidden // heads)
+    hidden, heads = _whole(get("hidden_size"), "hidden_size"), _whole(get("num_attention_heads"), "num_attention_heads")
+    head_dim = _whole(text.get("head_dim") or hidden // heads, "head_dim")
     return Gemma3Source(
-        prefix=prefix, hidden_size=hidden, num_layers=n, vocab_size=int(get("vocab_size")),
-        num_attention_heads=heads, num_kv_heads=int(get("num_key_value_heads")), head_dim=head_dim,
-        intermediate_size=int(get("intermediate_size")), layer_types=tuple(LAYER_TYPES[t] for t in types),
-        sliding_window=int(get("sliding_window", 4096)), rope_theta=theta, rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
-        final_logit_softcapping=float(text.get("final_logit_softcapping") or 0.0),
-        query_pre_attn_scalar=float(text.get("query_pre_attn_scalar") or head_dim),
-        max_position_embeddings=int(get("max_position_embeddings", 32_768)),
+        prefix=prefix, hidden_size=hidden, num_layers=n, vocab_size=_whole(get("vocab_size"), "vocab_size"),
+        num_attention_heads=heads, num_kv_heads=_whole(get("num_key_value_heads"), "num_key_value_heads"),
+        head_dim=head_dim, intermediate_size=_whole(get("intermediate_size"), "intermediate_size"),
+        layer_types=tuple(LAYER_TYPES[t] for t in types), sliding_window=_whole(get("sliding_window", 4096), "sliding_window"),
+        rope_theta=theta, rms_norm_eps=_real(get("rms_norm_eps", 1e-6), "rms_norm_eps", 0.0, 1.0),
+        final_logit_softcapping=_real(text.get("final_logit_softcapping") or 0.0, "final_logit_softcapping", 0.0, 1e6),
+        query_pre_attn_scalar=_real(text.get("query_pre_attn_scalar") or head_dim, "query_pre_attn_scalar", 1e-6, 1e9),
+        max_position_embeddings=_whole(get("max_position_embeddings", 32_768), "max_position_embeddings"),
         embed_dtype="F32" if ckpt is None else ckpt.dtype(prefix + "embed_tokens.weight"))
 
 

@@ -107,7 +107,6 @@ def take_text_weights(ckpt: Checkpoint, src: Gemma3nSource) -> dict[str, Lazy]:
     for i, source in enumerate(src.kv_source()):
         if source != i:
             ckpt.ignore(re.escape(src.prefix) + rf"layers\.{i}\.self_attn\.(k_proj|v_proj|k_norm)\.weight")
-    ckpt.ignore(r"(model\.)?(vision_tower|audio_tower|embed_vision|embed_audio)\..*")
     ckpt.ignore(r"lm_head\.weight")  # tied to embed_tokens
     return weights
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import AudioConfig, Quantization, RowTables, SliceSpec, TextConfig, VisionConfig
 from .errors import Gemma3nError
@@ -13,6 +13,8 @@ FORMAT_NAME = "gemma3n-rt-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)    # version 1: text only
 MANIFEST = "manifest.json"
+SMALL_FILE = 16 << 20       # files up to this size are hashed whole on every load
+SPOTS, SPOT = 16, 4096
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,11 @@ class Bundle:
     tokenizer: str
     vision: VisionConfig | None
     audio: AudioConfig | None
+    _checked: set = field(default_factory=set, compare=False, repr=False)   # folders whose files were checked
 
     @classmethod
-    def open(cls, path: str) -> "Bundle":
-        path = os.path.abspath(os.fspath(path))
+    def open(cls, path: str | os.PathLike) -> "Bundle":
+        path = resolve_path(path)
         if not os.path.isdir(path):
             raise Gemma3nError(f"{path}: bundle directory not found")
         mpath = os.path.join(path, MANIFEST)
@@ -47,12 +50,7 @@ class Bundle:
                                f"by this runtime (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
                                f"re-export the checkpoint")
         for rel, meta in manifest.get("files", {}).items():
-            fpath = os.path.join(path, rel)
-            if not os.path.isfile(fpath):
-                raise Gemma3nError(f"{path}: bundle is missing {rel}")
-            if os.path.getsize(fpath) != meta["size"]:
-                raise Gemma3nError(f"{fpath}: size {os.path.getsize(fpath)} differs from the manifest's {meta['size']} "
-                                   f"(truncated or replaced file)")
+            check_size(path, rel, meta)
         slices = tuple(SliceSpec.from_dict(s) for s in manifest.get("slices", []))
         if not slices:
             raise Gemma3nError(f"{mpath}: the slice catalog is empty")
@@ -66,6 +64,15 @@ class Bundle:
             raise Gemma3nError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
 
     def file(self, rel: str) -> str:
+        """The path of a bundle file, for a component about to open it. The first time a folder's
+        file is asked for, every file of that folder is checked (check_content): a text-only run
+        reads nothing of vision/ or audio/."""
+        folder = os.path.dirname(rel)
+        if folder not in self._checked:
+            for other, meta in self.manifest.get("files", {}).items():
+                if os.path.dirname(other) == folder:
+                    check_content(self.path, other, meta)
+            self._checked.add(folder)
         return os.path.join(self.path, rel)
 
     def slice(self, name: str) -> SliceSpec:
@@ -77,8 +84,58 @@ class Bundle:
     def verify(self) -> None:
         """Check every file's sha256 against the manifest (reads the whole bundle)."""
         for rel, meta in self.manifest["files"].items():
-            if sha256_file(self.file(rel)) != meta["sha256"]:
-                raise Gemma3nError(f"{self.file(rel)}: sha256 differs from the manifest (corrupted file)")
+            fpath = os.path.join(self.path, rel)
+            if sha256_file(fpath) != meta["sha256"]:
+                raise Gemma3nError(f"{fpath}: sha256 differs from the manifest (corrupted file)")
+
+
+def verify(path: str | os.PathLike | None = None) -> str:
+    """Open the bundle (default: $GEMMA3N_MODEL, else the demo) and check every file's sha256.
+    Returns the bundle's path; raises Gemma3nError naming the first damaged file."""
+    from .model import default_bundle_path
+    bundle = Bundle.open(default_bundle_path(path))
+    bundle.verify()
+    return bundle.path
+
+
+def check_size(bundle: str, rel: str, meta: dict) -> None:
+    """Checked on open for every file: it exists with its size (a stat, nothing read)."""
+    fpath = os.path.join(bundle, rel)
+    if not os.path.isfile(fpath):
+        raise Gemma3nError(f"{bundle}: bundle is missing {rel}")
+    size = os.path.getsize(fpath)
+    if size != meta["size"]:
+        raise Gemma3nError(f"{fpath}: size {size} differs from the manifest's {meta['size']} (truncated or replaced file)")
+
+
+def check_content(bundle: str, rel: str, meta: dict) -> None:
+    """Checked before a component uses its files: a small file (graphs, tokenizer, the towers'
+    tables) has its sha256, a large one its spot hash."""
+    fpath = os.path.join(bundle, rel)
+    size = os.path.getsize(fpath)
+    if size <= SMALL_FILE:
+        if sha256_file(fpath) != meta["sha256"]:
+            raise Gemma3nError(f"{fpath}: sha256 differs from the manifest (corrupted file)")
+    elif "spot_sha256" in meta and spot_sha256(fpath) != meta["spot_sha256"]:
+        raise Gemma3nError(f"{fpath}: content differs from the manifest (corrupted file; "
+                           f"gemma3n-run --verify checks every byte)")
+
+
+def spot_sha256(path: str) -> str:
+    """sha256 of SPOTS blocks of 4 KiB spread evenly over the file: a cheap check, run on every
+    load, that catches a large file zeroed or replaced by another of the same size."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        for i in range(SPOTS):
+            f.seek(i * max(size - SPOT, 0) // (SPOTS - 1))
+            h.update(f.read(SPOT))
+    return h.hexdigest()
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """An absolute path, with '~' expanded (also for quoted shell arguments and environment variables)."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 def sha256_file(path: str) -> str:

@@ -4,6 +4,9 @@ Each cache is a preallocated buffer [capacity, kv_heads, head_dim] in sequence-m
 the filled prefix is a contiguous view handed to the decoder without a copy. Full caches hold the
 whole context; sliding caches hold the last `window - 1` positions plus room for one chunk, and
 slide back only when that room runs out.
+
+`keys` records what each cached position is (a token id, or a media block's digest and index), so
+a new prompt that shares a prefix with it reuses that prefix (`truncate`) instead of recomputing.
 """
 from __future__ import annotations
 
@@ -22,7 +25,11 @@ class KVCache:
         self.keys = [np.zeros((cap, kv_heads, head_dim), np.float32) for cap in self.capacity]
         self.values = [np.zeros((cap, kv_heads, head_dim), np.float32) for cap in self.capacity]
         self.length = [0] * len(caches)
-        self.position = 0   # positions seen so far; the next token's position
+        self.held: list = []   # per position seen so far, what it is; len(held) is the next position
+
+    @property
+    def position(self) -> int:
+        return len(self.held)
 
     def feeds(self) -> dict[str, np.ndarray]:
         out = {}
@@ -31,8 +38,9 @@ class KVCache:
             out[f"past_value.{c}"] = self.values[c][:n]
         return out
 
-    def append(self, outputs: dict[str, np.ndarray], count: int) -> None:
-        """Store the new K/V of `count` tokens, named new_key.{c} / new_value.{c}."""
+    def append(self, outputs: dict[str, np.ndarray], keys: list) -> None:
+        """Store the new K/V (named new_key.{c} / new_value.{c}) of the positions `keys`."""
+        count = len(keys)
         for c, cap in enumerate(self.capacity):
             n = self.length[c]
             if n + count > cap:   # sliding cache full: keep the last window-1 positions, drop the rest
@@ -43,8 +51,22 @@ class KVCache:
             self.keys[c][n:n + count] = outputs[f"new_key.{c}"]
             self.values[c][n:n + count] = outputs[f"new_value.{c}"]
             self.length[c] = n + count
-        self.position += count
+        self.held += keys
+
+    def truncate(self, position: int) -> bool:
+        """Forget the positions from `position` on. False (and nothing changed) when a sliding
+        cache has already dropped positions the shorter prefix would still need."""
+        drop = self.position - position
+        if drop < 0:
+            raise ValueError(f"cannot truncate {self.position} positions to {position}")
+        new_lengths = [n - drop if self.specs[c].type == FULL or n - drop >= min(position, self.keep) else None
+                       for c, n in enumerate(self.length)]
+        if any(n is None or n < 0 for n in new_lengths):
+            return False
+        self.length = new_lengths
+        del self.held[position:]
+        return True
 
     def reset(self) -> None:
         self.length = [0] * len(self.specs)
-        self.position = 0
+        self.held = []

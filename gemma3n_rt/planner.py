@@ -11,11 +11,23 @@ from .memory import parse_bytes
 
 MiB = 1 << 20
 # Measured (bench/ledger_check.py): onnxruntime's session, arenas and Python objects of a loaded
-# decoder, beyond its weights; and how much larger MatMulNBits weights are once prepacked (int4
-# blocks of 32 gain a float block sum beside each scale).
+# decoder, beyond its weights; how much larger MatMulNBits weights are once prepacked (int4
+# blocks of 32 gain a float block sum beside each scale); and the SentencePiece model in memory
+# (47 MB for Gemma's 262,144 pieces).
 SESSION_OVERHEAD = 28 * MiB
 PREPACK = {"int4": 1.2, "int8": 1.11, "fp32": 1.0}
+TOKENIZER_BYTES_PER_PIECE = 208
+# onnxruntime's arena after a full chunk: its high-water mark per token of the chunk, in floats per
+# hidden unit, per FFN unit and per attention score. Fitted with full contexts (1024-4096) on
+# real-shape E2B/E4B, a medium Gemma 3n (bench/synthetic.py) and Gemma 3 270M; Gemma 3n's AltUp
+# keeps four copies of the hidden state, Gemma 3 one.
+ACTIVATION_FLOATS = {"gemma3n": (52, 25, 3), "gemma3": (16, 12, 4)}
+# ... but never below this: small models (hidden 256) hold about as much as twice their size
+ACTIVATION_FLOOR = 56 * MiB
 ALIASES = {"2b": "E2B", "4b": "E4B"}
+# An encoder session holds its weights (x1.0) plus activations of one input.
+ENCODER_RESIDENT = 1.0
+ENCODER_WORKSPACE = 256 * MiB
 
 
 @dataclass(frozen=True)
@@ -23,7 +35,7 @@ class Ledger:
     slice: SliceSpec
     weights: int          # decoder weights incl. the LM head, resident once loaded (prepacked)
     kv: int               # KV caches at the chosen context
-    workspace: int        # activations of one prefill chunk plus the session's fixed overhead
+    workspace: int        # activations of one prefill chunk, the session's fixed overhead, the tokenizer
 
     @property
     def total(self) -> int:
@@ -34,13 +46,24 @@ def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: st
     per_position = 2 * cfg.num_kv_heads * cfg.head_dim * 4          # K and V, float32
     kv = sum(per_position * (context if c.type == FULL else min(context, cfg.sliding_window - 1 + chunk))
              for c in spec.caches)
-    # onnxruntime's arena after a full chunk: its high-water mark per token of the chunk, fitted
-    # (bench/ledger_check.py) on real-shape E2B/E4B and a medium model: 52 floats per hidden unit,
-    # 25 per FFN unit and 3 per attention score
     t = min(chunk, context)
-    activations = 4 * t * (52 * cfg.hidden_size + 25 * max(spec.ffn_widths) + 3 * cfg.num_attention_heads * context)
+    per_hidden, per_ffn, per_score = ACTIVATION_FLOATS.get(cfg.architecture, ACTIVATION_FLOATS["gemma3n"])
+    activations = max(ACTIVATION_FLOOR, 4 * t * (per_hidden * cfg.hidden_size + per_ffn * max(spec.ffn_widths)
+                                                 + per_score * cfg.num_attention_heads * context))
     weights = int(spec.weight_bytes * PREPACK.get(quant, 1.0))
-    return Ledger(spec, weights, kv, SESSION_OVERHEAD + activations + 4 * cfg.vocab_size)
+    fixed = SESSION_OVERHEAD + 4 * cfg.vocab_size + TOKENIZER_BYTES_PER_PIECE * cfg.vocab_size
+    return Ledger(spec, weights, kv, fixed + activations)
+
+
+def encoder_bytes(bundle: Bundle, modalities=()) -> int:
+    """Resident memory an encoder adds while it runs: the largest of the ones the request may use
+    (they are loaded one at a time and released after encoding)."""
+    towers = {"image": bundle.vision, "audio": bundle.audio}
+    unknown = set(modalities) - towers.keys()
+    if unknown:
+        raise ValueError(f"modalities are 'image' and 'audio', got {sorted(unknown)}")
+    return max((int(t.weight_bytes * ENCODER_RESIDENT) + ENCODER_WORKSPACE for m, t in towers.items()
+                if m in modalities and t is not None), default=0)
 
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -121,19 +144,23 @@ def available_memory(meminfo: str = "/proc/meminfo", cgroup_root: str = CGROUP_R
     return min(values) if values else 0
 
 
-def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: int, chunk: int) -> SliceSpec:
-    """A named slice, or the largest one whose ledger fits the budget (default: free memory)."""
-    if effective and effective.lower() != "auto":
+def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: int, chunk: int,
+                 modalities=()) -> SliceSpec:
+    """A named slice, or the largest one whose ledger, plus the encoders of `modalities`, fits the
+    budget (default: free memory)."""
+    if effective is not None and effective.lower() != "auto":
         return bundle.slice(ALIASES.get(effective.lower(), effective))
     budget = parse_bytes(memory_budget) if memory_budget is not None else available_memory()
+    encoders = encoder_bytes(bundle, modalities)
     quant = bundle.quant.decoder
     ledgers = sorted((ledger(bundle.text, s, context, chunk, quant) for s in bundle.slices),
                      key=lambda l: l.slice.effective_params)
-    fitting = [l for l in ledgers if l.total <= budget]
+    fitting = [l for l in ledgers if l.total + encoders <= budget]
     if fitting:
         return fitting[-1].slice
     if memory_budget is None and budget == 0:      # free memory unknown: take the largest
         return ledgers[-1].slice
     smallest = ledgers[0]
+    with_encoders = f" plus {encoders / MiB:.0f} MiB for the {'/'.join(modalities)} encoder" if encoders else ""
     raise Gemma3nError(f"memory budget {budget / MiB:.0f} MiB is too small: the smallest slice, {smallest.slice.name}, "
-                       f"needs {smallest.total / MiB:.0f} MiB at context {context}")
+                       f"needs {smallest.total / MiB:.0f} MiB at context {context}{with_encoders}")

@@ -7,6 +7,7 @@ nothing is read until it is touched and tables of more than 2^31 elements are fi
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -48,20 +49,40 @@ class SafetensorsFile:
                 header = json.loads(f.read(header_len))
         except FileNotFoundError:
             raise Gemma3nError(f"{self.path}: file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise Gemma3nError(f"{self.path}: not a safetensors file (header is not JSON)") from None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        if not isinstance(header, dict):
+            raise Gemma3nError(f"{self.path}: not a safetensors file (header is not a JSON object)")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise Gemma3nError(f"{self.path}: not a safetensors file (__metadata__ is not a JSON object)")
+        self.metadata: dict[str, str] = metadata
         data_start = 8 + header_len
         self.tensors: dict[str, TensorInfo] = {}
         for name, spec in header.items():
-            begin, end = spec["data_offsets"]
-            info = TensorInfo(name, spec["dtype"], tuple(spec["shape"]), data_start + begin, end - begin)
-            if info.dtype not in DTYPES:
-                raise Gemma3nError(f"{self.path}: tensor {name} has unsupported dtype {info.dtype}")
-            expected = int(np.prod(info.shape, dtype=np.int64)) * np.dtype(DTYPES[info.dtype]).itemsize
-            if expected != info.nbytes or data_start + end > size:
-                raise Gemma3nError(f"{self.path}: tensor {name} has an inconsistent byte range (truncated file?)")
-            self.tensors[name] = info
+            self.tensors[name] = self._tensor_info(name, spec, data_start, size)
+
+    def _tensor_info(self, name: str, spec, data_start: int, size: int) -> TensorInfo:
+        """One header entry, checked before anything is mapped: the header is untrusted input."""
+        def bad(what: str) -> Gemma3nError:
+            return Gemma3nError(f"{self.path}: tensor {name} {what}")
+
+        if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= spec.keys():
+            raise bad("needs dtype, shape and data_offsets in the header")
+        dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise bad(f"has unsupported dtype {dtype}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"has an invalid shape {shape!r} (expected a list of whole numbers >= 0)")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"has invalid data_offsets {offsets!r} (expected [begin, end] with 0 <= begin <= end)")
+        begin, end = offsets
+        # Python integers: a shape whose product overflows 64 bits can't pass for a small tensor
+        expected = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
+        if expected != end - begin or data_start + end > size:
+            raise bad("has an inconsistent byte range (truncated file?)")
+        return TensorInfo(name, dtype, tuple(shape), data_start + begin, end - begin)
 
     def array(self, name: str) -> np.memmap:
         """The tensor as a read-only memmap (bf16 comes back as uint16 bit patterns)."""

@@ -26,8 +26,9 @@ OPTIMIZED_GRAPH, OPTIMIZED_DATA = "graph.onnx", "weights.bin"
 MIN_PREPACKED_BYTES = 64 << 20   # smaller graphs (the demo, test models) load fast enough as they are
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, memory_pattern: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    opts.enable_mem_pattern = memory_pattern
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or 0   # 0: one per physical core
     opts.inter_op_num_threads = 1
@@ -35,14 +36,17 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
-def create_session(path: str, threads: int | None = None, providers=CPU) -> ort.InferenceSession:
-    """An inference session for the graph at `path` (its external data beside it)."""
+def create_session(path: str, threads: int | None = None, providers=CPU,
+                   memory_pattern: bool = True) -> ort.InferenceSession:
+    """An inference session for the graph at `path` (its external data beside it). memory_pattern=False
+    plans no single block for all intermediate tensors: for a convolutional encoder that block is
+    larger than the tensors alive at any one time."""
     try:
         if os.environ.get(PREPACKED_ENV, "0") == "1" and tuple(providers) == CPU:
-            cached = _prepacked_session(path, threads)
+            cached = _prepacked_session(path, threads, memory_pattern)
             if cached is not None:
                 return cached
-        return ort.InferenceSession(path, session_options(threads), providers=list(providers))
+        return ort.InferenceSession(path, session_options(threads, memory_pattern), providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types; keep the first line
         raise Gemma3nError(f"{path}: onnxruntime could not load it: {str(e).splitlines()[0]}") from None
 
@@ -72,20 +76,20 @@ def _cpu_flags() -> str:
     return ""
 
 
-def _prepacked_session(path: str, threads: int | None) -> ort.InferenceSession | None:
+def _prepacked_session(path: str, threads: int | None, memory_pattern: bool) -> ort.InferenceSession | None:
     folder = os.path.dirname(os.path.abspath(path))
     if sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) < MIN_PREPACKED_BYTES:
         return None
     target = prepacked_dir(path)
     if not os.path.isfile(os.path.join(target, OPTIMIZED_GRAPH)):
-        if not _write_prepacked(path, target, threads):
+        if not _write_prepacked(path, target, threads, memory_pattern):
             return None
-    opts = session_options(threads)
+    opts = session_options(threads, memory_pattern)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # optimized already
     return ort.InferenceSession(os.path.join(target, OPTIMIZED_GRAPH), opts, providers=list(CPU))
 
 
-def _write_prepacked(path: str, target: str, threads: int | None) -> bool:
+def _write_prepacked(path: str, target: str, threads: int | None, memory_pattern: bool) -> bool:
     """Write the optimized model into a temporary directory and rename it into place; False where
     the graph's directory is not writable."""
     tmp = f"{target}.partial-{os.getpid()}"
@@ -94,7 +98,7 @@ def _write_prepacked(path: str, target: str, threads: int | None) -> bool:
     except OSError:
         return False
     try:
-        opts = session_options(threads)
+        opts = session_options(threads, memory_pattern)
         opts.optimized_model_filepath = os.path.join(tmp, OPTIMIZED_GRAPH)
         opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
         opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_DATA)

@@ -51,7 +51,11 @@ class Tokenizer:
         return self._sp.pad_id()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of text, without BOS/EOS; marker text like "<end_of_turn>" stays text."""
+        """Token ids of text, without BOS/EOS; marker text like "<end_of_turn>" stays text.
+        Lone surrogates (undecodable bytes of a command line, say) are encoded as U+FFFD."""
+        if not isinstance(text, str):
+            raise ValueError(f"text to encode must be a str, got {type(text).__name__}")
+        text = _well_formed(text)
         if self._matched_markers is None:
             return self._sp.encode(text)
         # Cut each marker occurrence after its "<" so SentencePiece cannot match it whole.
@@ -77,6 +81,15 @@ class Tokenizer:
     def _has_piece(self, piece: str) -> bool:
         # piece_to_id() maps unknown pieces to unk_id instead of failing.
         return self._sp.id_to_piece(self._sp.piece_to_id(piece)) == piece
+
+
+def _well_formed(text: str) -> str:
+    """text, with each lone surrogate replaced by U+FFFD (SentencePiece takes UTF-8 only)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 class StreamDecoder:

@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -8,14 +9,21 @@ from gemma3n_rt.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def make_tokenizer():
-    """The assets/make_tokenizer.py module (assets/ is not a package, so load it by path)."""
-    script = REPO / "assets" / "make_tokenizer.py"
-    spec = importlib.util.spec_from_file_location("make_tokenizer", script)
+def asset_script(name: str):
+    """assets/NAME.py as a module: from the source tree beside tests/ when there is one, else the copy
+    installed with the package (gemma3n_rt.assets), so the suite also runs against an installed package."""
+    script = REPO / "assets" / f"{name}.py"
+    if not script.is_file():
+        return importlib.import_module(f"gemma3n_rt.assets.{name}")
+    spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def make_tokenizer():
+    return asset_script("make_tokenizer")
 
 
 @pytest.fixture(scope="session")

@@ -8,17 +8,13 @@ from gemma3n_rt import cli
 from gemma3n_rt.bundle import Bundle
 from gemma3n_rt.model import demo_bundle_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_is_what_make_demo_writes(tmp_path, make_tokenizer):
     """The committed demo matches a fresh regeneration (decoder graph, weights and tables;
     the tokenizer depends on the Python version's docstrings and is checked by its own test)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("make_demo", os.path.join(REPO, "assets", "make_demo.py"))
-    make_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_demo)
-    make_demo.main(str(tmp_path / "demo"))
+    from conftest import asset_script
+    asset_script("make_demo").main(str(tmp_path / "demo"))
     with open(os.path.join(demo_bundle_path(), "manifest.json")) as f:
         committed = json.load(f)
     with open(tmp_path / "demo" / "manifest.json") as f:

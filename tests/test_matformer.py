@@ -136,9 +136,9 @@ def test_use_slice_switches_without_reloading(e4b):
     ref, _, bundle = e4b
     ids = [2, 40, 41, 42, 43]
     model = gemma3n_rt.load(str(bundle), effective="4b", context=64)
-    embed = model.decoder.embed
+    embed = model.embedder
     model.use_slice("2b")
-    assert model.slice == "E2B" and model.decoder.embed is embed
+    assert model.slice == "E2B" and model.embedder is embed
     direct = gemma3n_rt.load(str(bundle), effective="E2B", context=64)
     assert np.allclose(model.next_token_logits(ids), direct.next_token_logits(ids), rtol=0, atol=1e-6)
 

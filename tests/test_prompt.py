@@ -4,8 +4,9 @@ import io
 import pytest
 import sentencepiece as spm
 
-from gemma3n_rt.prompt import (SpecialTokens, chat_ids, chat_text, completion_ids,
-                               next_turn_ids)
+import numpy as np
+
+from gemma3n_rt.prompt import Ids, Media, SpecialTokens, chat_ids, chat_prompt, chat_text, completion_ids
 from gemma3n_rt.tokenizer import Tokenizer
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
@@ -112,20 +113,47 @@ def test_invalid_conversations(tokenizer, special, messages, match):
         chat_ids(tokenizer, special, messages)
 
 
-def test_incremental_turns_render_like_whole_conversation(tokenizer, special):
-    # As a KV-cached chat builds it: prompt, generated reply + <end_of_turn>, next turn.
-    user1, reply, user2 = (m["content"] for m in CONVERSATION[1:])
-    history = next_turn_ids(tokenizer, special, user1, first_turn=True, system=SYSTEM["content"])
-    assert history == chat_ids(tokenizer, special, CONVERSATION[:2])
-    history += tokenizer.encode(reply.strip()) + [special.end_of_turn]
-    history += next_turn_ids(tokenizer, special, user2, first_turn=False)
-    assert render(tokenizer, special, history) == chat_text(CONVERSATION)
-    assert history == chat_ids(tokenizer, special, CONVERSATION)
+def test_reply_ids_render_like_reply_text(tokenizer, special):
+    """A chat keeps each reply as the ids the model generated: rendered in the conversation they
+    give the same ids as the reply's text, and each turn's prompt is a prefix of the next one's."""
+    reply = CONVERSATION[2]["content"]
+    as_ids = [*CONVERSATION[:2], {"role": "assistant", "content": Ids(tuple(tokenizer.encode(reply.strip())))},
+              CONVERSATION[3]]
+    assert chat_ids(tokenizer, special, as_ids) == chat_ids(tokenizer, special, CONVERSATION)
+    first = chat_ids(tokenizer, special, CONVERSATION[:2])
+    assert chat_ids(tokenizer, special, as_ids)[:len(first)] == first
 
 
-def test_next_turn_rejects_late_system(tokenizer, special):
-    with pytest.raises(ValueError, match="system"):
-        next_turn_ids(tokenizer, special, "hi", first_turn=False, system="be brief")
+def media(n, kind="image"):
+    begin, end, soft = (1900, 2048, 2049) if kind == "image" else (1901, 2080, 2081)
+    return Media(kind, np.full((n, 4), 0.5, np.float32), begin, end, soft, key=f"{kind}{n}")
+
+
+def test_media_block_expands_like_the_processor(tokenizer, special):
+    """An image part becomes "\n\n" <start> N x <soft> <end> "\n\n", the newlines encoded
+    together with the text beside them, as the reference tokenizes the expanded template."""
+    img = media(3)
+    messages = [{"role": "user", "content": [{"type": "image", "media": img}, {"type": "text", "text": " Describe. "}]}]
+    prompt = chat_prompt(tokenizer, special, messages)
+    head = [special.bos, special.start_of_turn, *tokenizer.encode("user\n\n\n"), 1900]
+    tail = [2048, *tokenizer.encode("\n\nDescribe."), special.end_of_turn, *tokenizer.encode("\n"),
+            special.start_of_turn, *tokenizer.encode("model\n")]
+    assert prompt.ids == head + [2049] * 3 + tail
+    assert [(start, m.key) for start, m in prompt.media] == [(len(head), "image3")]
+    keys = prompt.keys()
+    assert keys[len(head):len(head) + 3] == [("image3", 0), ("image3", 1), ("image3", 2)]
+    assert keys[:len(head)] == head
+
+
+def test_media_blocks_in_order(tokenizer, special):
+    parts = [{"type": "text", "text": "a"}, {"type": "audio", "media": media(2, "audio")},
+             {"type": "image", "media": media(3)}]
+    prompt = chat_prompt(tokenizer, special, [{"role": "user", "content": parts}])
+    (s1, m1), (s2, m2) = prompt.media
+    assert (m1.kind, m2.kind) == ("audio", "image") and s1 < s2
+    assert prompt.ids[s1:s1 + 2] == [2081, 2081] and prompt.ids[s2:s2 + 3] == [2049] * 3
+    with pytest.raises(ValueError, match=r"content'\]\[0\]"):
+        chat_prompt(tokenizer, special, [{"role": "user", "content": [{"type": "video", "video": "x"}]}])
 
 
 def test_completion_ids(tokenizer, special):

@@ -68,27 +68,48 @@ def tiny(export_tiny):
 def test_chat_keeps_its_cache_between_turns(tiny):
     chat = tiny.chat(system="Be brief.")
     "".join(chat.send("Hello there", max_new_tokens=6, temperature=0))
-    # the last sampled id is never fed; a cut-short reply also gets <end_of_turn> appended
-    not_fed = 1 + (tiny.last_stats.stop_reason == "max tokens")
-    cached = len(chat.history) - not_fed
+    fed = tiny.decoder.position     # the first prompt and the reply, but its last sampled id
     "".join(chat.send("And then?", max_new_tokens=6, temperature=0))
     stats = tiny.last_stats
-    prompt_end = len(chat.history) - stats.generated_tokens - (stats.stop_reason == "max tokens")
-    # the second turn fed only what the cache lacked, not the whole conversation
-    assert stats.prompt_tokens == prompt_end - cached < prompt_end
-    # and the reply from the cache is what a fresh run over the whole conversation gives
-    fresh = tiny.generate_ids(chat.history[:prompt_end], stats.generated_tokens, temperature=0)
-    assert chat.history[prompt_end:prompt_end + len(fresh)][:-1] == fresh[:-1]
+    # the second turn computed only what the cache lacked, not the whole conversation
+    assert stats.cached_tokens == fed and stats.prompt_tokens > fed
+    # and its reply is what a fresh run over the whole conversation gives
+    prompt = chat._prompt(chat.turns[:1], chat.turns[1][0])
+    reply = list(chat.turns[1][1]["content"].ids)
+    assert len(prompt) == stats.prompt_tokens
+    tiny.decoder.reset()
+    fresh = tiny.generate_ids(prompt.ids, stats.generated_tokens, temperature=0)
+    assert fresh[:len(reply)] == reply
 
 
 def test_chat_replays_after_another_request(tiny):
-    chat = tiny.chat()
-    "".join(chat.send("one", max_new_tokens=4, temperature=0))
-    tiny.generate("something else", max_new_tokens=3, temperature=0)   # takes the cache over
-    "".join(chat.send("two", max_new_tokens=4, temperature=0))
-    stats = tiny.last_stats
-    closing = 1 if stats.stop_reason == "max tokens" else 0    # a cut-short reply gets <end_of_turn> appended
-    assert stats.prompt_tokens == len(chat.history) - stats.generated_tokens - closing   # everything replayed
+    def conversation(interrupt: bool) -> list[str]:
+        tiny.decoder.reset()
+        chat = tiny.chat()
+        out = ["".join(chat.send("one", max_new_tokens=4, temperature=0))]
+        if interrupt:
+            tiny.generate("something else", max_new_tokens=3, temperature=0)   # takes the cache over
+        out.append("".join(chat.send("two", max_new_tokens=4, temperature=0)))
+        return out
+
+    assert conversation(True) == conversation(False)
+    assert tiny.last_stats.cached_tokens > 0
+
+
+def test_chat_drops_the_oldest_turns_when_full(export_tiny):
+    _, bundle = export_tiny(0, embed_std=1.0)
+    model = gemma3n_rt.load(str(bundle), context=64)
+    chat = model.chat(system="S")
+    for i in range(8):
+        "".join(chat.send(f"turn {i} " + "word " * 6, max_new_tokens=4, temperature=0))
+    assert chat.dropped_turns > 0 and len(chat.turns) < 8
+    prompt = chat._prompt(chat.turns[:-1], chat.turns[-1][0])
+    assert len(prompt) <= model.context
+    assert prompt.ids[:3] == chat._prompt([], chat.turns[-1][0]).ids[:3]    # the system prompt stays
+    strict = model.chat(system="S", on_overflow="error")
+    with pytest.raises(gemma3n_rt.Gemma3nError, match="do not fit the context"):
+        for i in range(8):
+            "".join(strict.send(f"turn {i} " + "word " * 6, max_new_tokens=4, temperature=0))
 
 
 def test_seeded_sampling_is_reproducible(export_tiny):

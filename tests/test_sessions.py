@@ -1,0 +1,134 @@
+"""The model as several threads and apps use it: a prefix cache that reuses and forgets exactly,
+serialised concurrent chats, cancellation, and the checks made on load."""
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import gemma3n_rt
+from gemma3n_rt.config import FULL, SLIDING, CacheSpec
+from gemma3n_rt.kvcache import KVCache
+
+
+def fill(cache: KVCache, keys: list) -> None:
+    n = len(keys)
+    out = {f"new_{kind}.{c}": np.full((n, 1, 2), len(cache.held), np.float32)
+           for c in range(len(cache.specs)) for kind in ("key", "value")}
+    cache.append(out, keys)
+
+
+def test_truncate_keeps_what_a_prefix_needs():
+    specs = (CacheSpec(SLIDING, 0), CacheSpec(FULL, 1))
+    cache = KVCache(specs, 1, 2, context=64, window=5, chunk=4)    # sliding keeps 4, holds 4 + 4
+    fill(cache, [1, 2, 3])
+    assert cache.truncate(2) and cache.held == [1, 2] and cache.length == [2, 2]
+    fill(cache, [3, 4])
+    fill(cache, [5, 6, 7, 8])
+    fill(cache, [9])               # the sliding cache slides: it keeps 4 positions, then holds 4..8
+    assert cache.length == [5, 9]
+    assert not cache.truncate(7)   # position 7 attends to 3..6, and 3 was dropped
+    assert cache.held == [1, 2, 3, 4, 5, 6, 7, 8, 9] and cache.length == [5, 9]   # unchanged by the refusal
+    assert cache.truncate(8) and cache.length == [4, 8]
+    with pytest.raises(ValueError):
+        cache.truncate(9)
+    cache.reset()
+    assert cache.truncate(0) and cache.held == []
+
+
+@pytest.fixture(scope="module")
+def tiny(export_tiny):
+    _, bundle = export_tiny(0, embed_std=1.0)
+    return gemma3n_rt.load(str(bundle), context=256, chunk=16)
+
+
+def test_prefix_reuse_gives_the_same_logits(tiny):
+    ids = [2] + list(range(10, 50))
+    tiny.decoder.reset()
+    fresh = tiny.next_token_logits(ids)
+    tiny.next_token_logits(ids[:25] + [7, 8, 9])        # shares 25 positions, then differs
+    reused = tiny.next_token_logits(ids)
+    assert tiny.decoder.position == len(ids)
+    # chunk boundaries differ, so float32 rounding may differ in the last digits
+    assert np.max(np.abs(reused - fresh)) / np.max(np.abs(fresh)) < 1e-5
+
+
+def test_threads_share_one_model(tiny):
+    """4 threads x 3 turns, each chat's greedy replies equal the same chat run alone."""
+    def run(i: int, out: dict) -> None:
+        chat = tiny.chat(system=f"Thread {i}.")
+        out[i] = ["".join(chat.send(f"turn {t} of chat {i}", max_new_tokens=5, temperature=0)) for t in range(3)]
+
+    solo: dict = {}
+    for i in range(4):
+        run(i, solo)
+    together: dict = {}
+    threads = [threading.Thread(target=run, args=(i, together)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert together == solo
+
+
+def test_cancel_and_close_leave_the_model_usable(tiny):
+    expected = tiny.generate("hello", max_new_tokens=8, temperature=0)
+    stop = threading.Event()
+    pieces = tiny.stream("hello", max_new_tokens=8, temperature=0, cancel=stop)
+    next(pieces, None)
+    stop.set()
+    "".join(pieces)
+    assert tiny.last_stats.stop_reason in ("cancelled", "stop token")
+    tokens = tiny.generate_tokens(tiny.prompt("hello"), 8, temperature=0)
+    next(tokens)
+    tokens.close()                       # an abandoned generation releases the model
+    assert tiny.generate("hello", max_new_tokens=8, temperature=0) == expected
+
+
+def test_nested_generation_in_one_thread_is_an_error(tiny):
+    outer = tiny.generate_tokens(tiny.prompt("a"), 4, temperature=0)
+    next(outer)
+    with pytest.raises(gemma3n_rt.Gemma3nError, match="already generating"):
+        tiny.generate("b", max_new_tokens=2)
+    outer.close()
+
+
+def test_load_expands_home_and_checks_arguments(export_tiny, monkeypatch, tmp_path):
+    _, bundle = export_tiny(0, embed_std=1.0)
+    monkeypatch.setenv("HOME", str(bundle.parent))
+    model = gemma3n_rt.load(f"~/{bundle.name}")
+    assert model.bundle.path == str(bundle)
+    assert model.context == 4096          # the default, within the model's 4096 positions
+    monkeypatch.setenv("GEMMA3N_MODEL", f"~/{bundle.name}")
+    assert gemma3n_rt.load().bundle.path == str(bundle)
+    with pytest.raises(ValueError, match="threads"):
+        gemma3n_rt.load(str(bundle), threads=0)
+
+
+def test_zeroed_weights_are_caught_on_load(export_tiny, tmp_path):
+    _, bundle = export_tiny(0, quant="int8", tables="int8", embed_std=1.0)
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    gemma3n_rt.verify(str(copy))                       # intact
+    weights = copy / "text" / "weights.bin"
+    size = weights.stat().st_size
+    graph = next((copy / "text").glob("decoder.*.onnx"))
+    with open(graph, "r+b") as f:                      # one flipped byte in a small file
+        f.seek(100)
+        b = f.read(1)
+        f.seek(100)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(gemma3n_rt.Gemma3nError, match=f"{graph.name}: sha256 differs"):
+        gemma3n_rt.load(str(copy))
+    shutil.copyfile(bundle / "text" / graph.name, graph)
+    with open(weights, "r+b") as f:
+        f.write(bytes(size))                           # zeroed, same size
+    if size > 16 << 20:
+        with pytest.raises(gemma3n_rt.Gemma3nError, match="weights.bin: content differs"):
+            gemma3n_rt.load(str(copy))
+    else:                                              # small files are hashed whole on load
+        with pytest.raises(gemma3n_rt.Gemma3nError, match="weights.bin: sha256 differs"):
+            gemma3n_rt.load(str(copy))
+    with pytest.raises(gemma3n_rt.Gemma3nError, match="weights.bin"):
+        gemma3n_rt.verify(str(copy))
