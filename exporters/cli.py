@@ -12,6 +12,7 @@ from gemma3n_rt.errors import Gemma3nError
 from gemma3n_rt.flags import FlagParser
 from .audio import QUANT_MODES as AUDIO_QUANT_MODES
 from .export import QUANT_MODES, TABLE_DTYPES, export
+from .quantize import DEFAULT_RECIPE
 from .vision import DEFAULT_VISION_QUANT, VISION_QUANTS
 
 
@@ -22,7 +23,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="bundle directory to write")
     p.add_argument("--quant", choices=QUANT_MODES, default="int4", help="decoder weights (default int4, blockwise)")
     p.add_argument("--tables", choices=TABLE_DTYPES, default="int8", help="embedding row tables (default int8 per row)")
-    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32, help="int4/int8 block (default 32)")
+    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=DEFAULT_RECIPE.block_size,
+                   help=f"int4/int8 block (default {DEFAULT_RECIPE.block_size})")
+    p.add_argument("--head", choices=QUANT_MODES, default=None,
+                   help=f"the tied LM head (default with int4: {DEFAULT_RECIPE.head or 'int4'}; else as --quant)")
+    p.add_argument("--asymmetric", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE.asymmetric,
+                   help="int4/int8 with a zero point per block (MatMulNBits zero_points)")
     p.add_argument("--slices", help="MatFormer slices to include: 'all' (default: the full model and, for E4B, "
                                     "E2B and every published mix-n-match config) or a comma list of names")
     p.add_argument("--custom-slice", action="append", default=[], metavar="NAME=W,W,...[@SKIP]",
@@ -42,7 +48,8 @@ def main(argv=None) -> int:
     try:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice,
-                          vision_quant=args.vision_quant, audio_quant=args.audio_quant)
+                          vision_quant=args.vision_quant, audio_quant=args.audio_quant,
+                          head=args.head, asymmetric=args.asymmetric)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

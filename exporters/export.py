@@ -21,7 +21,7 @@ from .hf_config import architecture
 from .architectures import ARCHITECTURES
 from .audio import audio_part
 from .vision import DEFAULT_VISION_QUANT, vision_part
-from .quantize import quantize_graph
+from .quantize import DEFAULT_RECIPE, QuantRecipe, quantize_graph
 from .text_decoder import SlicePlan
 from .writer import WeightStore, write_graph, write_row_table
 
@@ -48,12 +48,20 @@ def check_tokenizer(path: str, vocab_size: int) -> None:
         raise Gemma3nError(f"{path}: {tok.vocab_size} pieces, more than the model's vocab_size {vocab_size}")
 
 
-def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int = 32,
+def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int | None = None,
            force: bool = False, show_progress: bool = True, slices: str | None = None, custom=(),
-           vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8") -> dict:
+           vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
+           head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None) -> dict:
+    """`block_size`, `head`, `asymmetric` and `int8_linears` default to DEFAULT_RECIPE's (quantize.py)."""
     started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
+    if head is not None and head not in QUANT_MODES:
+        raise Gemma3nError(f"--head must be one of {', '.join(QUANT_MODES)}, got {head!r}")
+    recipe = QuantRecipe(quant, block_size or DEFAULT_RECIPE.block_size,
+                         DEFAULT_RECIPE.asymmetric if asymmetric is None else asymmetric,
+                         (DEFAULT_RECIPE.head if quant == "int4" else None) if head is None else head,
+                         DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears))
     if tables not in TABLE_DTYPES:
         raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
@@ -63,7 +71,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise Gemma3nError(f"{out_dir}: already exists and is not empty (use --force to replace it)")
     ckpt = open_checkpoint(os.path.expanduser(checkpoint_dir))
     # Each part claims its tensors now; a tensor no part claims is an error that names it.
-    parts = [TextPart(ckpt, quant, tables, block_size, slices, custom),
+    parts = [TextPart(ckpt, recipe, tables, slices, custom),
              vision_part(ckpt, vision_quant), audio_part(ckpt, audio_quant)]
     parts = [p for p in parts if p is not None]
     ckpt.finish()
@@ -95,7 +103,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
 class TextPart:
     """The text decoder: row tables, the shared weights store, one graph per slice, the tokenizer."""
 
-    def __init__(self, ckpt: TensorSource, quant: str, tables: str, block_size: int, slices, custom):
+    def __init__(self, ckpt: TensorSource, recipe: QuantRecipe, tables: str, slices, custom):
         self.arch_name = architecture(ckpt.config)
         self.arch = ARCHITECTURES[self.arch_name]
         self.src = self.arch.parse(ckpt.config, ckpt)
@@ -105,7 +113,7 @@ class TextPart:
         check_tokenizer(self.tokenizer, self.src.vocab_size)
         self.weights = self.arch.take_weights(ckpt, self.src)
         self.plans = self.arch.plans(self.src, slices, custom)
-        self.quant, self.tables, self.block_size = quant, tables, block_size
+        self.recipe, self.quant, self.tables = recipe, recipe.mode, tables
 
     def write(self, tmp: str, show_progress: bool) -> dict:
         src, arch, weights, quant = self.src, self.arch, self.weights, self.quant
@@ -122,7 +130,7 @@ class TextPart:
         for plan in tqdm(self.plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(self.plans) < 2):
             builder = arch.builder(src, weights, plan, self.plans)
             graph = builder.build()
-            quantize_graph(graph, quant, self.block_size)
+            quantize_graph(graph, self.recipe)
             graph_file = f"text/decoder.{plan.name}.onnx"
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
                       disable=not show_progress) as bar:
@@ -134,8 +142,10 @@ class TextPart:
         return {
             "source": {"architecture": self.arch_name, "dtype": src.embed_dtype},
             "text_config": _jsonable(src.text_config().__dict__),
-            "quantization": {"decoder": quant, "block_size": self.block_size if quant != "fp32" else None,
-                             "tables": self.tables},
+            "quantization": {"decoder": quant, "block_size": self.recipe.block_size if quant != "fp32" else None,
+                             "tables": self.tables, "head": self.recipe.mode_of("lm_head"),
+                             "asymmetric": self.recipe.asymmetric and quant != "fp32",
+                             "int8_linears": list(self.recipe.int8_linears) if quant == "int4" else []},
             "tokenizer": "tokenizer.model",
             "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,

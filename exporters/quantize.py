@@ -1,19 +1,46 @@
 """Quantization, as a pass over a built graph: each recorded linear becomes a MatMulNBits.
 
 MatMulNBits (onnxruntime contrib op) stores W [N, K] row by row in blocks of `block_size` along K,
-`bits` per value with one float scale per block and the implicit zero point 2^(bits-1). Because
-rows are stored whole and in order, a prefix of the output rows is a prefix of the bytes.
+`bits` per value with one float scale per block and either the implicit zero point 2^(bits-1)
+(symmetric) or a stored zero point per block (asymmetric: the block's [min, max] mapped onto all
+2^bits levels). Because rows are stored whole and in order, a prefix of the output rows is a
+prefix of the bytes.
 """
 from __future__ import annotations
 
 import numpy as np
 from onnx import helper
 
+from dataclasses import dataclass
+
 from .checkpoint import Lazy
 from .onnx_graph import MS_DOMAIN, Graph
 
 MODES = {"int4": 4, "int8": 8}
 MIN_DIM = 16   # tiny linears (the AltUp 4x4 coefficient maps, the router) stay in fp32
+HEAD = "lm_head"
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How the decoder's linears are quantized. `head` overrides the mode for the (tied) LM head."""
+    mode: str = "int4"
+    block_size: int = 32
+    asymmetric: bool = False
+    head: str | None = None            # None: as `mode`; "int8", "int4" or "fp32"
+    int8_linears: tuple[str, ...] = ()  # with int4: linears named so (e.g. "down_proj", any layer) stay int8
+    accuracy_level: int = 4            # MatMulNBits: 4 = int8 activations (about 2x the speed of 0)
+
+    def mode_of(self, key: str) -> str:
+        if key == HEAD and self.head:
+            return self.head
+        if self.mode == "int4" and set(key.split(".")) & set(self.int8_linears):
+            return "int8"
+        return self.mode
+
+
+# The int4 default, chosen by the quality table of bench/quality.py on the real Gemma 3 270M.
+DEFAULT_RECIPE = QuantRecipe(asymmetric=True, head="int8", int8_linears=("v_proj", "down_proj"))
 
 
 def quantize_blockwise(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,58 +64,102 @@ def quantize_blockwise(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray
     return np.ascontiguousarray(q), scales.astype(np.float32).reshape(-1)
 
 
-def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: int) -> np.ndarray:
+def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric blockwise quantization of w [N, K] -> (packed, scales [N*blocks], zero points
+    uint8 [N, ceil(blocks*bits/8)] packed as MatMulNBits reads them). Each block's [min, max]
+    (widened to include 0, so that 0 stays exact) spans all 2^bits levels."""
+    n, k = w.shape
+    blocks = -(-k // block)
+    padded = np.zeros((n, blocks * block), np.float32)
+    padded[:, :k] = w
+    padded = padded.reshape(n, blocks, block)
+    top = 2 ** bits - 1
+    lo, hi = np.minimum(padded.min(axis=2), 0), np.maximum(padded.max(axis=2), 0)
+    scales = (hi - lo) / top
+    scales[scales == 0] = 1.0
+    zp = np.clip(np.rint(-lo / scales), 0, top)
+    q = np.clip(np.rint(padded / scales[..., None]) + zp[..., None], 0, top).astype(np.uint8)
+    zp = zp.astype(np.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+        if blocks % 2:
+            zp = np.concatenate([zp, np.full((n, 1), 8, np.uint8)], axis=1)
+        zp = zp[:, 0::2] | (zp[:, 1::2] << 4)
+    return np.ascontiguousarray(q), scales.astype(np.float32).reshape(-1), np.ascontiguousarray(zp)
+
+
+def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: int,
+                         zero_points: np.ndarray | None = None) -> np.ndarray:
     n, blocks, _ = packed.shape
     if bits == 4:
         q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, -1)
     else:
         q = packed
-    w = (q.astype(np.float32) - 2 ** (bits - 1)) * scales.reshape(n, blocks, 1)
+    if zero_points is None:
+        zp = np.full((n, blocks, 1), 2 ** (bits - 1), np.float32)
+    else:
+        zp = zero_points.reshape(n, -1)
+        if bits == 4:
+            zp = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(n, -1)
+        zp = zp[:, :blocks, None].astype(np.float32)
+    w = (q.astype(np.float32) - zp) * scales.reshape(n, blocks, 1)
     return w.reshape(n, -1)[:, :k]
 
 
-def quantize_rows(src: Lazy, bits: int, block: int, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """quantize_blockwise over `rows` rows at a time, so a 262400-row LM head needs little memory."""
+def quantize_rows(src: Lazy, bits: int, block: int, asymmetric: bool = False, rows: int = 4096) -> dict[str, np.ndarray]:
+    """Blockwise quantization over `rows` rows at a time, so a 262400-row LM head needs little
+    memory. Returns {"q": packed, "scales": ..., and "zero_points" when asymmetric}."""
     n, k = src.shape
     blocks = -(-k // block)
-    packed = np.empty((n, blocks, block * bits // 8), np.uint8)
-    scales = np.empty((n, blocks), np.float32)
+    out = {"q": np.empty((n, blocks, block * bits // 8), np.uint8), "scales": np.empty((n, blocks), np.float32)}
+    if asymmetric:
+        out["zero_points"] = np.empty((n, -(-blocks * bits // 8)), np.uint8)
     whole = None if src.load_rows else src.load()
     for a in range(0, n, rows):
         b = min(n, a + rows)
-        packed[a:b], s = quantize_blockwise(src.rows(a, b) if whole is None else whole[a:b], bits, block)
-        scales[a:b] = s.reshape(b - a, blocks)
-    return packed, scales.reshape(-1)
+        w = src.rows(a, b) if whole is None else whole[a:b]
+        if asymmetric:
+            out["q"][a:b], s, out["zero_points"][a:b] = quantize_blockwise_asymmetric(w, bits, block)
+        else:
+            out["q"][a:b], s = quantize_blockwise(w, bits, block)
+        out["scales"][a:b] = s.reshape(b - a, blocks)
+    out["scales"] = out["scales"].reshape(-1)
+    if asymmetric:
+        out["zero_points"] = out["zero_points"].reshape(-1)
+    return out
 
 
-def quantize_graph(graph: Graph, mode: str, block_size: int = 32, accuracy_level: int = 4) -> None:
+def quantize_graph(graph: Graph, recipe: QuantRecipe | str) -> None:
     """Rewrite every large enough linear of `graph` as MatMulNBits, in place."""
-    if mode == "fp32":
-        return
-    bits = MODES[mode]
+    recipe = QuantRecipe(recipe) if isinstance(recipe, str) else recipe
     for lin in graph.linears.values():
         n, k = lin.source.shape
-        if min(n, k) < MIN_DIM:
+        mode = recipe.mode_of(lin.key)
+        if mode == "fp32" or min(n, k) < MIN_DIM:
             continue
-        blocks = -(-k // block_size)
+        bits, block, asym = MODES[mode], recipe.block_size, recipe.asymmetric
+        blocks = -(-k // block)
+        zp_bytes = -(-blocks * bits // 8)
         cache: dict[str, np.ndarray] = {}
 
-        def packed(src: Lazy = lin.source, cache=cache) -> np.ndarray:
-            q, s = quantize_rows(src, bits, block_size)
-            cache["scales"] = s
-            return q
-
-        def scales(src: Lazy = lin.source, cache=cache) -> np.ndarray:
-            # written right after `packed`, so the source is read and quantized once
-            return cache.pop("scales") if "scales" in cache else quantize_rows(src, bits, block_size)[1]
+        def part(name: str, src: Lazy = lin.source, cache=cache, bits=bits, block=block, asym=asym) -> np.ndarray:
+            # the parts are written one after another: the source is read and quantized once
+            if name not in cache:
+                cache.clear()
+                cache.update(quantize_rows(src, bits, block, asym))
+            return cache.pop(name)
 
         a, b = lin.rows or (0, n)
         del graph.weights[lin.weight]
-        qname = graph.weight(f"{lin.key}.q{bits}", Lazy(f"{lin.key}.q{bits}", (n, blocks, block_size * bits // 8), packed),
-                             lin.rows)
-        sname = graph.weight(f"{lin.key}.scales", Lazy(f"{lin.key}.scales", (n * blocks,), scales),
-                             None if lin.rows is None else (a * blocks, b * blocks))
+        inputs = [graph.weight(f"{lin.key}.q{bits}", Lazy(f"{lin.key}.q{bits}", (n, blocks, block * bits // 8),
+                                                           lambda p=part: p("q")), lin.rows),
+                  graph.weight(f"{lin.key}.scales", Lazy(f"{lin.key}.scales", (n * blocks,), lambda p=part: p("scales")),
+                               None if lin.rows is None else (a * blocks, b * blocks))]
+        if asym:
+            inputs.append(graph.weight(f"{lin.key}.zero_points", Lazy(f"{lin.key}.zero_points", (n * zp_bytes,),
+                                                                      lambda p=part: p("zero_points")),
+                                       None if lin.rows is None else (a * zp_bytes, b * zp_bytes)))
         for node in lin.nodes:
             node.CopyFrom(helper.make_node(
-                "MatMulNBits", [node.input[0], qname, sname], list(node.output), name=node.name + "NBits",
-                domain=MS_DOMAIN, K=k, N=b - a, bits=bits, block_size=block_size, accuracy_level=accuracy_level))
+                "MatMulNBits", [node.input[0], *inputs], list(node.output), name=node.name + "NBits",
+                domain=MS_DOMAIN, K=k, N=b - a, bits=bits, block_size=block, accuracy_level=recipe.accuracy_level))

@@ -1,6 +1,7 @@
 """The memory ledger of each slice, and choosing the slice a device can hold."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .bundle import Bundle
@@ -68,15 +69,82 @@ def encoder_bytes(bundle: Bundle, modalities=()) -> int:
                 for m, t in towers.items() if m in modalities and t is not None), default=0)
 
 
-def available_memory() -> int:
+CGROUP_ROOT = "/sys/fs/cgroup"
+NO_LIMIT = 1 << 60          # cgroup v1 reports "no limit" as a huge number (PAGE_COUNTER_MAX pages)
+
+
+def _read_first_int(path: str, prefix: str | None = None) -> int | None:
+    """The integer in a /proc or /sys file (or on its line starting with `prefix`); None if absent."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if prefix is None:
+                    word = line.split()[0] if line.split() else ""
+                    return int(word) if word.isdigit() else None
+                if line.startswith(prefix):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _own_cgroups(proc_cgroup: str) -> dict[str, str]:
+    """This process's cgroup paths from /proc/self/cgroup: {"v2": path} and/or {"memory": path}."""
+    out = {}
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) != 3:
+                    continue
+                if parts[0] == "0" and parts[1] == "":
+                    out["v2"] = parts[2]
+                elif "memory" in parts[1].split(","):
+                    out["memory"] = parts[2]
     except OSError:
         pass
-    return 0
+    return out
+
+
+def cgroup_headroom(cgroup_root: str = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's memory cgroup still allows, the tightest over the cgroup and its
+    parents; None when there is no limit. Usage counts page cache, so its inactive file pages
+    (reclaimed before anything is killed) are given back. cgroup v2: memory.max, memory.current,
+    inactive_file in memory.stat; v1: memory.limit_in_bytes, memory.usage_in_bytes, total_inactive_file."""
+    own = _own_cgroups(proc_cgroup)
+    candidates = []
+    if "memory" in own:
+        candidates.append((os.path.join(cgroup_root, "memory"), own["memory"], "memory.limit_in_bytes",
+                           "memory.usage_in_bytes", "total_inactive_file"))
+    if "v2" in own:
+        for base in (cgroup_root, os.path.join(cgroup_root, "unified")):
+            candidates.append((base, own["v2"], "memory.max", "memory.current", "inactive_file"))
+    best = None
+    for base, rel, limit_file, usage_file, inactive in candidates:
+        rel = rel.strip("/")
+        while True:     # the cgroup and each parent up to the root: the tightest limit counts
+            d = os.path.join(base, rel) if rel else base
+            limit = _read_first_int(os.path.join(d, limit_file))      # v2 "max" reads as None
+            usage = _read_first_int(os.path.join(d, usage_file))
+            if limit is not None and usage is not None and limit < NO_LIMIT:
+                usage -= _read_first_int(os.path.join(d, "memory.stat"), inactive + " ") or 0
+                room = max(limit - usage, 0)
+                best = room if best is None else min(best, room)
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    return best
+
+
+def available_memory(meminfo: str = "/proc/meminfo", cgroup_root: str = CGROUP_ROOT,
+                     proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """Memory a new slice may use: MemAvailable, or less where a memory cgroup (a container, an
+    app's limit) leaves less room; 0 when neither can be read."""
+    kib = _read_first_int(meminfo, "MemAvailable:")
+    free = kib * 1024 if kib is not None else None
+    room = cgroup_headroom(cgroup_root, proc_cgroup)
+    values = [v for v in (free, room) if v is not None]
+    return min(values) if values else 0
 
 
 def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: int, chunk: int,

@@ -1,12 +1,29 @@
 """The one place that creates onnxruntime sessions: options, threads, providers and the one-line
-error on a graph that can't be loaded. A GPU execution provider later is one argument here."""
+error on a graph that can't be loaded. A GPU execution provider later is one argument here.
+
+Prepacked weights, mapped: onnxruntime rearranges (prepacks) MatMulNBits weights at every session
+creation into anonymous memory, which the kernel can't reclaim under pressure. The first load of a
+graph can therefore also write onnxruntime's optimized model with its prepacked initializers in
+an external file (`session.save_external_prepacked_constant_initializers`), in a directory beside
+the graph named after this machine's onnxruntime version and CPU; later loads open that model,
+whose prepacked weights stay file-backed (mapped, reclaimable page cache). Opt-in for now
+(GEMMA3N_PREPACKED=1) until the memory ledger counts mapped weights; where the directory can't be
+written, or the graph's folder holds under 64 MiB, the session is made the usual way.
+"""
 from __future__ import annotations
+
+import hashlib
+import os
+import shutil
 
 import onnxruntime as ort
 
 from .errors import Gemma3nError
 
 CPU = ("CPUExecutionProvider",)
+PREPACKED_ENV = "GEMMA3N_PREPACKED"
+OPTIMIZED_GRAPH, OPTIMIZED_DATA = "graph.onnx", "weights.bin"
+MIN_PREPACKED_BYTES = 64 << 20   # smaller graphs (the demo, test models) load fast enough as they are
 
 
 def session_options(threads: int | None, memory_pattern: bool = True) -> ort.SessionOptions:
@@ -25,6 +42,71 @@ def create_session(path: str, threads: int | None = None, providers=CPU,
     plans no single block for all intermediate tensors: for a convolutional encoder that block is
     larger than the tensors alive at any one time."""
     try:
+        if os.environ.get(PREPACKED_ENV, "0") == "1" and tuple(providers) == CPU:
+            cached = _prepacked_session(path, threads, memory_pattern)
+            if cached is not None:
+                return cached
         return ort.InferenceSession(path, session_options(threads, memory_pattern), providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types; keep the first line
         raise Gemma3nError(f"{path}: onnxruntime could not load it: {str(e).splitlines()[0]}") from None
+
+
+def prepacked_dir(path: str) -> str:
+    """Where the optimized, prepacked copy of the graph at `path` lives: beside it, keyed by the
+    graph's files, the onnxruntime version and the CPU (prepacked layouts depend on both)."""
+    key = hashlib.sha256()
+    folder = os.path.dirname(os.path.abspath(path))
+    for name in sorted(os.listdir(folder)):   # the graph and its external data files
+        full = os.path.join(folder, name)
+        if os.path.isfile(full):
+            st = os.stat(full)
+            key.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    key.update(ort.__version__.encode() + _cpu_flags().encode())
+    return os.path.join(folder, f".prepacked-{os.path.basename(path)}-{key.hexdigest()[:16]}")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return ""
+
+
+def _prepacked_session(path: str, threads: int | None, memory_pattern: bool) -> ort.InferenceSession | None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) < MIN_PREPACKED_BYTES:
+        return None
+    target = prepacked_dir(path)
+    if not os.path.isfile(os.path.join(target, OPTIMIZED_GRAPH)):
+        if not _write_prepacked(path, target, threads, memory_pattern):
+            return None
+    opts = session_options(threads, memory_pattern)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # optimized already
+    return ort.InferenceSession(os.path.join(target, OPTIMIZED_GRAPH), opts, providers=list(CPU))
+
+
+def _write_prepacked(path: str, target: str, threads: int | None, memory_pattern: bool) -> bool:
+    """Write the optimized model into a temporary directory and rename it into place; False where
+    the graph's directory is not writable."""
+    tmp = f"{target}.partial-{os.getpid()}"
+    try:
+        os.makedirs(tmp)
+    except OSError:
+        return False
+    try:
+        opts = session_options(threads, memory_pattern)
+        opts.optimized_model_filepath = os.path.join(tmp, OPTIMIZED_GRAPH)
+        opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_DATA)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(path, opts, providers=list(CPU))
+        os.rename(tmp, target)
+        return True
+    except OSError:          # another process put it there first, or the disk is full
+        return os.path.isfile(os.path.join(target, OPTIMIZED_GRAPH))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

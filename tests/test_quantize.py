@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.quantize import dequantize_blockwise, quantize_blockwise
+from exporters.quantize import dequantize_blockwise, quantize_blockwise, quantize_blockwise_asymmetric
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -30,3 +30,34 @@ def test_matmulnbits_computes_with_the_dequantized_weight(bits, k):
     step = np.repeat(np.abs(scales.reshape(n, -1)), block, axis=1)[:, :k]
     err = np.abs(wd - w)
     assert np.all(err <= step + 1e-6) and np.mean(err <= 0.5 * step + 1e-6) > 0.95
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("k", [64, 96])      # 96 at block 32: an odd number of blocks (zero points padded)
+@pytest.mark.parametrize("level", [0, 4])    # 4: int8 activations, the export default
+def test_matmulnbits_with_zero_points_computes_with_the_dequantized_weight(bits, k, level):
+    rng = np.random.default_rng(10 * bits + k + level)
+    n, block = 48, 32
+    w = rng.standard_normal((n, k)).astype(np.float32) + 0.5      # off-centre: zero points matter
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    packed, scales, zp = quantize_blockwise_asymmetric(w, bits, block)
+    node = helper.make_node("MatMulNBits", ["x", "q", "s", "z"], ["y"], domain="com.microsoft",
+                            K=k, N=n, bits=bits, block_size=block, accuracy_level=level)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, n])],
+                              [numpy_helper.from_array(packed, "q"), numpy_helper.from_array(scales, "s"),
+                               numpy_helper.from_array(zp.reshape(-1), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    wd = dequantize_blockwise(packed, scales, bits, k, zp)
+    ref = x @ wd.T
+    # level 4 quantizes the activations to int8 per block: about 1 % of |x| |w| per product
+    tol = 1e-4 if level == 0 else 0.02 * np.abs(x) @ np.abs(wd).T + 1e-3
+    assert np.all(np.abs(y - ref) <= tol)
+    # the asymmetric grid's step is (max - min) / (2^bits - 1): every value within half a step
+    step = np.repeat(scales.reshape(n, -1), block, axis=1)[:, :k]
+    assert np.all(np.abs(wd - w) <= 0.5 * step + 1e-5)
+    # and tighter than the symmetric grid on off-centre weights
+    sym = dequantize_blockwise(*quantize_blockwise(w, bits, block), bits, k)
+    assert np.mean(np.abs(wd - w)) < np.mean(np.abs(sym - w))
