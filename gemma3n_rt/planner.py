@@ -137,14 +137,14 @@ def cgroup_headroom(cgroup_root: str = CGROUP_ROOT, proc_cgroup: str = "/proc/se
 
 
 def available_memory(meminfo: str = "/proc/meminfo", cgroup_root: str = CGROUP_ROOT,
-                     proc_cgroup: str = "/proc/self/cgroup") -> int:
+                     proc_cgroup: str = "/proc/self/cgroup") -> int | None:
     """Memory a new slice may use: MemAvailable, or less where a memory cgroup (a container, an
-    app's limit) leaves less room; 0 when neither can be read."""
+    app's limit) leaves less room; None when neither can be read."""
     kib = _read_first_int(meminfo, "MemAvailable:")
     free = kib * 1024 if kib is not None else None
     room = cgroup_headroom(cgroup_root, proc_cgroup)
     values = [v for v in (free, room) if v is not None]
-    return min(values) if values else 0
+    return min(values) if values else None
 
 
 def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: int, chunk: int,
@@ -158,10 +158,10 @@ def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: 
     quant = bundle.quant.decoder
     ledgers = sorted((ledger(bundle.text, s, context, chunk, quant) for s in bundle.slices),
                      key=lambda l: l.slice.effective_params)
-    fitting = [l for l in ledgers if l.total + encoders <= budget]
+    fitting = [l for l in ledgers if budget is not None and l.total + encoders <= budget]
     if fitting:
         return fitting[-1].slice
-    if memory_budget is None and budget == 0:      # free memory unknown: take the largest
+    if budget is None:      # free memory unknown: take the largest
         return ledgers[-1].slice
     smallest = ledgers[0]
     with_encoders = f" plus {encoders / MiB:.0f} MiB for the {'/'.join(modalities)} encoder" if encoders else ""

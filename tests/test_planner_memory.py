@@ -64,9 +64,9 @@ def test_v2_max_means_no_limit_and_meminfo_wins_when_smaller(tmp_path):
     assert available_memory(**paths) == GiB          # MemAvailable (1 GiB) is tighter than 7 GiB
 
 
-def test_usage_above_limit_is_zero_room_and_unreadable_is_zero(tmp_path):
+def test_usage_above_limit_is_zero_room_and_unreadable_is_unknown(tmp_path):
     paths = fake(tmp_path, cgroup="0::/app\n")
     write(tmp_path / "sys/app/memory.max", f"{GiB}\n")
     write(tmp_path / "sys/app/memory.current", f"{2 * GiB}\n")
     assert available_memory(**paths) == 0
-    assert available_memory(str(tmp_path / "none"), str(tmp_path / "none"), str(tmp_path / "none")) == 0
+    assert available_memory(str(tmp_path / "none"), str(tmp_path / "none"), str(tmp_path / "none")) is None
