@@ -11,7 +11,8 @@ from gemma3n_rt.model import demo_bundle_path
 
 
 def test_demo_is_what_make_demo_writes(tmp_path, make_tokenizer):
-    """The committed demo matches a fresh regeneration (decoder graph, weights and tables;
+    """The committed demo matches a fresh regeneration (decoder graph, weights and tables, the
+    towers' manifest sections;
     the tokenizer depends on the Python version's docstrings and is checked by its own test)."""
     from conftest import asset_script
     asset_script("make_demo").main(str(tmp_path / "demo"))
@@ -22,6 +23,7 @@ def test_demo_is_what_make_demo_writes(tmp_path, make_tokenizer):
     text_files = lambda m: {k: v for k, v in m["files"].items() if k.startswith("text/")}
     assert text_files(fresh) == text_files(committed)
     assert fresh["slices"] == committed["slices"] and fresh["text_config"] == committed["text_config"]
+    assert fresh["vision"] == committed["vision"] and fresh["audio"] == committed["audio"]
 
 
 def test_demo_bundle_verifies():
