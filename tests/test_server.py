@@ -35,7 +35,7 @@ from gemma3n_rt.prompt import Media
 from gemma3n_rt.server import Engine, create_app
 from gemma3n_rt.server.bridge import StopText
 
-CONTEXT = 256
+CONTEXT = 512     # room for an image block (258 tokens) and a question
 GREEDY = dict(temperature=0)
 
 
@@ -230,7 +230,7 @@ BAD_REQUESTS = {
                            400, "no such file"),
     "prompt over the context": ("/v1/chat/completions",
                                 {"messages": [{"role": "user", "content": "word " * (2 * CONTEXT)}]},
-                                400, "context holds 256"),
+                                400, f"context holds {CONTEXT}"),
     "n over 1": ("/v1/chat/completions", {"messages": MESSAGES, "n": 2}, 400, "'n'"),
     "echo": ("/v1/completions", {"prompt": "x", "echo": True}, 400, "'echo'"),
     "top_k negative": ("/v1/chat/completions", {"messages": MESSAGES, "top_k": -1}, 400, "top_k"),

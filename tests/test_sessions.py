@@ -132,3 +132,25 @@ def test_zeroed_weights_are_caught_on_load(export_tiny, tmp_path):
             gemma3n_rt.load(str(copy))
     with pytest.raises(gemma3n_rt.Gemma3nError, match="weights.bin"):
         gemma3n_rt.verify(str(copy))
+
+
+def test_a_version_1_bundle_still_loads(export_tiny, tmp_path):
+    """Bundles written before images and audio (format version 1: no tower sections, no spot hashes)."""
+    import json
+    _, bundle = export_tiny(0, embed_std=1.0)
+    old = tmp_path / "v1"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    for meta in manifest["files"].values():
+        meta.pop("spot_sha256", None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    model = gemma3n_rt.load(str(old), context=64)
+    assert model.bundle.vision is None and model.bundle.audio is None
+    assert model.generate_ids([2, 10, 11], 4, temperature=0) == \
+        gemma3n_rt.load(str(bundle), context=64).generate_ids([2, 10, 11], 4, temperature=0)
+
+
+def test_default_context_is_the_smaller_of_4096_and_the_models(export_tiny):
+    _, bundle = export_tiny(0, embed_std=1.0, max_position_embeddings=1024)
+    assert gemma3n_rt.load(str(bundle)).context == 1024
