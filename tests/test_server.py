@@ -1,15 +1,11 @@
 """gemma3n-serve on the demo bundle: the official openai client against a server started here on a
 free loopback port, compared with Model.generate; the prompt cache, queued concurrent streams,
 bad requests, the API key, loading, and a client that goes away mid-stream."""
-import base64
-import hashlib
 import http.client
-import io
 import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,113 +13,18 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
-import numpy as np
 import pytest
 
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-import gemma3n_rt
-from gemma3n_rt.bundle import Bundle
 from gemma3n_rt.errors import Gemma3nError
-from gemma3n_rt.media import MediaEncoders
-from gemma3n_rt.model import demo_bundle_path
-from gemma3n_rt.prompt import Media
-from gemma3n_rt.server import Engine, create_app
 from gemma3n_rt.server.bridge import StopText
-
-CONTEXT = 512     # room for an image block (258 tokens) and a question
-GREEDY = dict(temperature=0)
-
-
-def load_demo():
-    return gemma3n_rt.load(context=CONTEXT)
-
-
-class Running:
-    def __init__(self, url: str, engine: Engine):
-        self.url, self.engine = url, engine
-        self.host, self.port = url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1])
-
-    def client(self, api_key: str = "none", **kwargs) -> "openai.OpenAI":
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=120, **kwargs)
-
-    def post(self, path: str, body: bytes, headers=None) -> tuple[int, dict]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
-        try:
-            conn.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
-
-    def get(self, path: str) -> tuple[int, dict]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
-
-
-@contextmanager
-def serve(loader, api_key=None, wait_loaded=True):
-    """The app on uvicorn in a thread, on a free port of 127.0.0.1."""
-    engine = Engine(loader)
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, api_key), log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=2))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started, "the server did not start"
-        if wait_loaded:
-            assert engine.loaded.wait(60), "the model did not load"
-        yield Running(f"http://127.0.0.1:{sock.getsockname()[1]}", engine)
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with serve(load_demo) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """A second Model on the same bundle: what the server's answers must equal."""
-    return load_demo()
-
-
-def chat_text(client, messages, stream=False, **kwargs):
-    """(text, finish_reason, usage) from chat.completions.create."""
-    if not stream:
-        r = client.chat.completions.create(model="E4B", messages=messages, **kwargs)
-        return r.choices[0].message.content, r.choices[0].finish_reason, r.usage
-    pieces, finish, use = [], None, None
-    for c in client.chat.completions.create(model="E4B", messages=messages, stream=True,
-                                            stream_options={"include_usage": True}, **kwargs):
-        if c.choices:
-            pieces.append(c.choices[0].delta.content or "")
-            finish = c.choices[0].finish_reason or finish
-        if c.usage is not None:
-            use = c.usage
-    return "".join(pieces), finish, use
-
-
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
+from server_harness import (CONTEXT, GREEDY, MESSAGES, Running, _audio_part, _image_part,
+                            chat_text, load_demo, serve)
+from server_harness import reference, server  # noqa: F401  (pytest fixtures)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -197,16 +98,6 @@ def test_models_and_health(server, reference):
     assert server.get("/health") == (200, {"status": "ok", "model": server.engine.model.slice, "context": CONTEXT})
 
 
-def _image_part(url):
-    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                        {"type": "text", "text": "What is this?"}]}
-
-
-def _audio_part(data: bytes, fmt="wav"):
-    return {"role": "user", "content": [{"type": "input_audio", "input_audio": {
-        "data": base64.b64encode(data).decode(), "format": fmt}}, {"type": "text", "text": "Transcribe."}]}
-
-
 BAD_REQUESTS = {
     "malformed JSON": ("/v1/chat/completions", b'{"messages": [', 400, "not valid JSON"),
     "body not an object": ("/v1/chat/completions", b"[1, 2]", 400, "JSON object"),
@@ -250,118 +141,6 @@ def test_bad_request_gets_an_error_body_and_the_server_keeps_serving(server, cas
     assert r.usage.completion_tokens == 2
 
 
-def png(seed: int, size=(40, 30)) -> bytes:
-    from PIL import Image
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
-def wav(seed: int, seconds=1.0) -> bytes:
-    import soundfile
-    wave = 0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32)
-    out = io.BytesIO()
-    soundfile.write(out, wave, 16000, format="WAV")
-    return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def towerless_bundle(tmp_path_factory):
-    """The demo without any image or audio encoder (as it is until towers are exported into it)."""
-    src = demo_bundle_path()
-    out = tmp_path_factory.mktemp("towerless") / "bundle"
-    shutil.copytree(src, out, ignore=shutil.ignore_patterns("vision", "audio"))
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest.pop("vision", None)
-    manifest.pop("audio", None)
-    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(("vision/", "audio/"))}
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return str(out)
-
-
-def test_media_parts_to_a_bundle_without_encoders_get_400_naming_the_problem(towerless_bundle, tmp_path):
-    (tmp_path / "cat.png").write_bytes(png(0))
-    cases = [(_image_part("data:image/png;base64," + base64.b64encode(png(0)).decode()), "no image encoder"),
-             (_image_part((tmp_path / "cat.png").as_uri()), "no image encoder"),
-             (_audio_part(wav(0)), "no audio encoder")]
-    with serve(lambda: gemma3n_rt.load(towerless_bundle, context=CONTEXT)) as plain:
-        for message, words in cases:
-            status, reply = plain.post("/v1/chat/completions", json.dumps({"messages": [message]}).encode())
-            message = reply["error"]["message"]
-            assert status == 400 and words in message and towerless_bundle in message
-        assert chat_text(plain.client(), MESSAGES, max_tokens=2, **GREEDY)[2].completion_tokens == 2
-
-
-class BytesMedia(MediaEncoders):
-    """Stands in for the encoders on a bundle without towers: each image or sound becomes a block
-    of soft embeddings drawn from a hash of its bytes, so the model sees exactly what was sent."""
-
-    def __init__(self, model, tokens=5):
-        super().__init__(model.bundle)
-        self.width, self.tokens, self.seen = model.bundle.text.hidden_size, tokens, []
-        self.text_vocab, self.piece = model.tokenizer.vocab_size, model.tokenizer.piece_id
-
-    def _block(self, kind: str, source) -> Media:
-        data = source if isinstance(source, bytes) else open(source, "rb").read()
-        self.seen.append((kind, data))
-        digest = hashlib.sha256(data).digest()
-        embeds = np.random.default_rng(list(digest)).standard_normal((self.tokens, self.width)).astype(np.float32)
-        soft = self.text_vocab + (kind == "audio")      # ids past the text pieces, not shown as text
-        return Media(kind, embeds, self.piece(f"<start_of_{kind}>"), self.piece(f"<end_of_{kind}>"), soft,
-                     digest.hex())
-
-    def images(self, sources):
-        return [self._block("image", s) for s in sources]
-
-    def clips(self, source):
-        return [self._block("audio", source)]
-
-
-@pytest.fixture
-def stub_media(server, reference):
-    """BytesMedia in the served model and in the reference model, for the length of one test."""
-    served, kept = server.engine.model, (server.engine.model.media, reference.media)
-    served.media, reference.media = BytesMedia(served), BytesMedia(reference)
-    yield served.media
-    served.media, reference.media = kept
-
-
-def test_image_and_audio_parts_reach_the_model_as_sent(server, reference, stub_media, tmp_path):
-    """data: URLs, file:// paths and input_audio deliver the same bytes as Model.generate gets,
-    and give the same text."""
-    (tmp_path / "b.png").write_bytes(png(2))
-    ask = lambda message: chat_text(server.client(), [message], max_tokens=8, **GREEDY)[0]
-    model_text = lambda content: reference.generate([{"role": "user", "content": content}], max_new_tokens=8,
-                                                    **GREEDY)
-    a = ask(_image_part("data:image/png;base64," + base64.b64encode(png(1)).decode()))
-    b = ask(_image_part((tmp_path / "b.png").as_uri()))
-    c = ask(_audio_part(wav(3)))
-    assert stub_media.seen == [("image", png(1)), ("image", png(2)), ("audio", wav(3))]
-    assert a == model_text([{"type": "image", "image": png(1)}, {"type": "text", "text": "What is this?"}])
-    assert b == model_text([{"type": "image", "image": str(tmp_path / "b.png")},
-                            {"type": "text", "text": "What is this?"}])
-    assert c == model_text([{"type": "audio", "audio": wav(3)}, {"type": "text", "text": "Transcribe."}])
-    assert len({a, b}) == 2      # the picture changes the answer
-
-
-DEMO_TOWERS = Bundle.open(demo_bundle_path())
-
-
-@pytest.mark.skipif(DEMO_TOWERS.vision is None, reason="the demo bundle has no image encoder yet")
-def test_image_end_to_end_equals_model_generate(server, reference):
-    content = [{"type": "text", "text": "What is this?"}]
-    text = chat_text(server.client(), [_image_part("data:image/png;base64," + base64.b64encode(png(4)).decode())],
-                     max_tokens=6, **GREEDY)[0]
-    assert text == reference.generate([{"role": "user", "content": [{"type": "image", "image": png(4)}] + content}],
-                                      max_new_tokens=6, **GREEDY)
-
-
-@pytest.mark.skipif(DEMO_TOWERS.audio is None, reason="the demo bundle has no audio encoder yet")
-def test_audio_end_to_end_equals_model_generate(server, reference):
-    text = chat_text(server.client(), [_audio_part(wav(5))], max_tokens=6, **GREEDY)[0]
-    content = [{"type": "audio", "audio": wav(5)}, {"type": "text", "text": "Transcribe."}]
-    assert text == reference.generate([{"role": "user", "content": content}], max_new_tokens=6, **GREEDY)
 
 
 def test_an_internal_failure_is_a_500_and_the_server_keeps_serving(server, monkeypatch):
