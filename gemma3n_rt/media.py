@@ -2,6 +2,7 @@
 when an image or a clip comes (conditional loading) and released after, unless kept."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 
@@ -71,16 +72,8 @@ class MediaEncoders:
             image = load_image(src)
             views = window_crops(image, self.max_crops) if self.windowing else [image]
             pixels += [preprocess(v, cfg.image_size) for v in views]
-        t0 = time.perf_counter()
-        if self.vision is None:
-            self.vision = VisionEncoder(self.bundle, self.threads)
-        try:
-            soft = [self.vision.encode(p[None])[0] for p in pixels]
-        finally:
-            if not self.keep_vision:
-                self.vision.close()
-                self.vision = None
-            self.seconds += time.perf_counter() - t0
+        with self._encoder("vision", VisionEncoder, self.keep_vision) as encoder:
+            soft = [encoder.encode(p[None])[0] for p in pixels]
         return [Media("image", s, cfg.begin_id, cfg.end_id, cfg.soft_id, _digest(p)) for s, p in zip(soft, pixels)]
 
     def clips(self, source) -> list[Media]:
@@ -98,14 +91,21 @@ class MediaEncoders:
         else:
             wave = load_audio(source, max_samples=limit)
         clips = split_clips(wave, cfg.max_samples, self.max_clips)
-        t0 = time.perf_counter()
-        if self.audio is None:
-            self.audio = AudioEncoder(self.bundle, self.threads)
-        try:
-            soft = [self.audio.encode(*extract_features(c, cfg.feature)) for c in clips]
-        finally:
-            if not self.keep_audio:
-                self.audio.close()
-                self.audio = None
-            self.seconds += time.perf_counter() - t0
+        with self._encoder("audio", AudioEncoder, self.keep_audio) as encoder:
+            soft = [encoder.encode(*extract_features(c, cfg.feature)) for c in clips]
         return [Media("audio", s, cfg.begin_id, cfg.end_id, cfg.soft_id, _digest(c)) for s, c in zip(soft, clips)]
+
+    @contextlib.contextmanager
+    def _encoder(self, attr: str, make, keep: bool):
+        """The encoder in `attr`, created if needed and released after use unless kept; the time
+        spent is added to `seconds`."""
+        t0 = time.perf_counter()
+        if getattr(self, attr) is None:
+            setattr(self, attr, make(self.bundle, self.threads))
+        try:
+            yield getattr(self, attr)
+        finally:
+            if not keep:
+                getattr(self, attr).close()
+                setattr(self, attr, None)
+            self.seconds += time.perf_counter() - t0
