@@ -108,7 +108,7 @@ def compare(bundles: dict[str, str], ids: list[int], threads: int | None, llama:
         logits = {}
         for name, m in models.items():
             t0 = time.perf_counter()
-            logits[name] = m.decoder.forward([tok])
+            logits[name] = m.next_token_logits(ids[:pos + 1])   # the cached prefix is reused: one new token
             stats[name]["seconds"].append(time.perf_counter() - t0)
         if llama:
             logits["llama.cpp Q4_0"] = theirs[pos]

@@ -27,14 +27,15 @@ def run_ours(path: str, ids: list[int], decode: int, threads: int, context: int,
     model = gemma3n_rt.load(path, effective=effective, threads=threads, context=context)
     if ple_in_ram:
         from bench.ram_table import InRamRowTable
-        model.decoder.ple = InRamRowTable(model.decoder.ple.path)
-    dec = model.decoder
+        model.embedder.ple = InRamRowTable(model.embedder.ple.path)
+    from gemma3n_rt.prompt import PreparedPrompt
     ready = time.perf_counter()
-    logits = dec.prefill(ids)
-    token = int(np.argmax(logits))
+    # greedy through the API's own loop: the first token comes from the prefill's logits
+    tokens = model.generate_tokens(PreparedPrompt(ids), decode + 1, stop_ids=(), temperature=0)
+    next(tokens)
     first = time.perf_counter()
-    for _ in range(decode):
-        token = int(np.argmax(dec.forward([token])))
+    for _ in tokens:
+        pass
     done = time.perf_counter()
     return {"load_s": ready - t0, "ttft_s": first - ready, "decode_s": done - first, "events": {
         "ready": ready, "first_token": first, "done": done}}
