@@ -16,7 +16,7 @@ import numpy as np
 from .bundle import Bundle, resolve_path
 from .decoder import DEFAULT_CHUNK, TextDecoder
 from .errors import Gemma3nError
-from .generate import GenerationStats, LogitsProcessor, generate_step
+from .generate import GenerationStats, LogitsProcessor, generate_step, prefill
 from .media import MediaEncoders
 from .planner import ALIASES, choose_slice
 from .prompt import Ids, PreparedPrompt, SpecialTokens, chat_prompt, completion_ids
@@ -186,7 +186,6 @@ class Model:
             raise Gemma3nError("empty prompt")
         self.decoder.check_fits(len(prompt))
         with self._lock:
-            from .generate import prefill
             logits = prefill(self.decoder, self.embedder, prompt, self._reuse_prefix(prompt))
         return np.array(logits, dtype=np.float32)
 

@@ -182,3 +182,15 @@ def reference_mm_greedy(model: Gemma3nForConditionalGeneration, ids: list[int], 
     out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                          max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0, **kw)
     return out[0, len(ids):].tolist()
+
+
+def export_mm(root, seed: int, tokenizer: str, vision: bool = True, audio: bool = True):
+    """A tiny random model with the towers asked for, saved as a checkpoint and exported to an fp32
+    bundle (towers fp32 too): (reference model, checkpoint dir, bundle dir)."""
+    from exporters.export import export
+    model = reference_mm_model(tiny_mm_config(), seed=seed)
+    ckpt, bundle = str(root / "ckpt"), str(root / "bundle")
+    save_multimodal_checkpoint(model, ckpt, tokenizer=tokenizer, vision=vision, audio=audio)
+    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False,
+           vision_quant="fp32" if vision else "none", audio_quant="fp32" if audio else "none")
+    return model, ckpt, bundle

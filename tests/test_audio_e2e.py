@@ -11,8 +11,7 @@ import torch
 
 import gemma3n_rt
 from exporters.export import export
-from mm_reference import AUDIO_TOKEN, BOA, EOA, TOKENS_PER_CLIP, VISION_OFFSET, reference_mm_model, \
-    save_multimodal_checkpoint, tiny_mm_config
+from mm_reference import AUDIO_TOKEN, BOA, EOA, TOKENS_PER_CLIP, VISION_OFFSET, export_mm
 
 NEW_TOKENS = 16
 SR = 16_000
@@ -21,11 +20,7 @@ SR = 16_000
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_tokenizer_path):
     root = tmp_path_factory.mktemp("audio_e2e")
-    model = reference_mm_model(tiny_mm_config(), seed=3)
-    ckpt = str(root / "ckpt")
-    save_multimodal_checkpoint(model, ckpt, tokenizer=str(demo_tokenizer_path), vision=False)
-    bundle = str(root / "bundle")
-    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False, audio_quant="fp32")
+    model, ckpt, bundle = export_mm(root, 3, str(demo_tokenizer_path), vision=False)
     t = np.arange(int(2.5 * SR)) / SR
     wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 2 * t))
             + 0.05 * np.random.default_rng(9).standard_normal(len(t))).astype(np.float32)

@@ -10,9 +10,7 @@ import torch
 from PIL import Image
 
 import gemma3n_rt
-from exporters.export import export
-from mm_reference import AUDIO_TOKEN, IMAGE_TOKEN, reference_mm_model, reference_pixels, \
-    save_multimodal_checkpoint, tiny_mm_config
+from mm_reference import AUDIO_TOKEN, IMAGE_TOKEN, export_mm, reference_pixels
 from test_audio_e2e import reference_features
 from test_vision import scene
 
@@ -23,11 +21,7 @@ SR = 16_000
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_tokenizer_path):
     root = tmp_path_factory.mktemp("mm_e2e")
-    model = reference_mm_model(tiny_mm_config(), seed=11)
-    ckpt = str(root / "ckpt")
-    save_multimodal_checkpoint(model, ckpt, tokenizer=str(demo_tokenizer_path))
-    bundle = str(root / "bundle")
-    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False, vision_quant="fp32", audio_quant="fp32")
+    model, _, bundle = export_mm(root, 11, str(demo_tokenizer_path))
     image = str(root / "picture.png")
     Image.fromarray(scene(500, 400, seed=3)).save(image)
     t = np.arange(int(1.7 * SR)) / SR

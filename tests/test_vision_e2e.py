@@ -11,8 +11,7 @@ from PIL import Image
 
 import gemma3n_rt
 from exporters.export import export
-from mm_reference import (AUDIO_OFFSET, BOI, EOI, IMAGE_TOKEN, TOKENS_PER_IMAGE, reference_mm_model,
-                          reference_pixels, save_multimodal_checkpoint, tiny_mm_config)
+from mm_reference import AUDIO_OFFSET, BOI, EOI, IMAGE_TOKEN, TOKENS_PER_IMAGE, export_mm, reference_pixels
 from test_vision import scene
 
 NEW_TOKENS = 16
@@ -21,11 +20,8 @@ NEW_TOKENS = 16
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, demo_tokenizer_path):
     root = tmp_path_factory.mktemp("vision_e2e")
-    model = reference_mm_model(tiny_mm_config(), seed=5)
-    ckpt = str(root / "ckpt")
-    save_multimodal_checkpoint(model, ckpt, tokenizer=str(demo_tokenizer_path), audio=False)
-    bundle, text_only = str(root / "bundle"), str(root / "text_only")
-    export(ckpt, bundle, quant="fp32", tables="fp32", show_progress=False, vision_quant="fp32")
+    model, ckpt, bundle = export_mm(root, 5, str(demo_tokenizer_path), audio=False)
+    text_only = str(root / "text_only")
     export(ckpt, text_only, quant="fp32", tables="fp32", show_progress=False, vision_quant="none")
     paths = []
     for i, size in enumerate([(640, 480), (300, 700)]):
