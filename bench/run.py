@@ -12,6 +12,7 @@ be shared: compare ratios). Writes OUT/bench-SHAPE.json, .md and .png (matplotli
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -48,25 +49,29 @@ def checkpoint(shape: str, work: str) -> str:
     return out
 
 
-def bundle(shape: str, ckpt: str, work: str) -> str:
+def bundle(shape: str, ckpt, work: str) -> str:
+    """The exported bundle, cached; `ckpt()` gives the checkpoint, called only when exporting."""
     from exporters.export import export
     from exporters.quantize import DEFAULT_RECIPE as r
     tag = f"int4-b{r.block_size}{'-asym' if r.asymmetric else ''}-head{r.head or 'int4'}" + "".join("-" + k for k in r.int8_linears)
     out = os.path.join(work, shape, "bundle-" + tag)
     if not os.path.exists(os.path.join(out, "manifest.json")):
-        print(f"exporting {ckpt} -> {out}", file=sys.stderr)
-        export(ckpt, out, "int4", show_progress=False, slices="full" if shape == "e4b" else None, force=True)
+        src = ckpt()
+        print(f"exporting {src} -> {out}", file=sys.stderr)
+        # random weights: calibration would change values, not bytes or speed, and double the export time
+        export(src, out, "int4", show_progress=False, slices="full" if shape == "e4b" else None, force=True,
+               calibration=None)
     return out
 
 
-def gguf_q4(shape: str, ckpt: str, work: str) -> str:
+def gguf_q4(shape: str, ckpt, work: str) -> str:
     if shape == "gemma3-270m":
-        return ckpt            # the published file itself (Q4_K_M)
+        return ckpt()          # the published file itself (Q4_K_M)
     from bench.gguf_q4 import write_q4_0_gguf
     out = os.path.join(work, shape, "q4_0.gguf")
     if not os.path.exists(out):
         print(f"writing {out}", file=sys.stderr)
-        write_q4_0_gguf(ckpt, out)
+        write_q4_0_gguf(ckpt(), out)
     return out
 
 
@@ -286,7 +291,8 @@ def main(argv=None) -> None:
     cap_bytes = parse_bytes(a.cap, "--cap") if a.cap else None
     if a.ple_in_ram and a.shape == "gemma3-270m":
         p.error("--ple-in-ram: Gemma 3 has no PLE table")
-    ckpt = checkpoint(a.shape, a.work)
+    # made on first need: once the bundle and the GGUF exist, the checkpoint may be deleted
+    ckpt = functools.cache(lambda: checkpoint(a.shape, a.work))
     runtimes = {"ours": bundle(a.shape, ckpt, a.work)}
     if a.compare:
         runtimes["llama.cpp"] = gguf_q4(a.shape, ckpt, a.work)

@@ -11,6 +11,7 @@ import time
 from gemma3n_rt.errors import Gemma3nError
 from gemma3n_rt.flags import FlagParser
 from .audio import QUANT_MODES as AUDIO_QUANT_MODES
+from .calibrate import CALIBRATION_TEXT
 from .export import QUANT_MODES, TABLE_DTYPES, export
 from .quantize import DEFAULT_RECIPE
 from .vision import DEFAULT_VISION_QUANT, VISION_QUANTS
@@ -29,6 +30,11 @@ def parser() -> argparse.ArgumentParser:
                    help=f"the tied LM head (default with int4: {DEFAULT_RECIPE.head or 'int4'}; else as --quant)")
     p.add_argument("--asymmetric", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE.asymmetric,
                    help="int4/int8 with a zero point per block (MatMulNBits zero_points)")
+    p.add_argument("--calibration", metavar="TEXT_FILE", default=CALIBRATION_TEXT,
+                   help="text whose activations weigh each int4 block's grid (default: a built-in text of about "
+                        "2,000 tokens; the decoder is exported once more at int8 to measure them)")
+    p.add_argument("--no-calibration", dest="calibration", action="store_const", const=None,
+                   help="int4 grids from each block's [min, max] alone (faster export, lower quality)")
     p.add_argument("--slices", help="MatFormer slices to include: 'all' (default: the full model and, for E4B, "
                                     "E2B and every published mix-n-match config) or a comma list of names")
     p.add_argument("--custom-slice", action="append", default=[], metavar="NAME=W,W,...[@SKIP]",
@@ -49,7 +55,7 @@ def main(argv=None) -> int:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice,
                           vision_quant=args.vision_quant, audio_quant=args.audio_quant,
-                          head=args.head, asymmetric=args.asymmetric)
+                          head=args.head, asymmetric=args.asymmetric, calibration=args.calibration)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

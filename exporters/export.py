@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -21,7 +22,8 @@ from .hf_config import architecture
 from .architectures import ARCHITECTURES
 from .audio import audio_part
 from .vision import DEFAULT_VISION_QUANT, vision_part
-from .quantize import DEFAULT_RECIPE, QuantRecipe, quantize_graph
+from .calibrate import CALIBRATION_TEXT, MAX_TOKENS, calibration_ids, measure_importance
+from .quantize import DEFAULT_RECIPE, QuantRecipe, quantize_graph, quantized_linears
 from .text_decoder import SlicePlan
 from .writer import WeightStore, write_graph, write_row_table
 
@@ -37,7 +39,7 @@ def open_checkpoint(path: str) -> TensorSource:
     return Checkpoint(path)
 
 
-def check_tokenizer(path: str, vocab_size: int) -> None:
+def check_tokenizer(path: str, vocab_size: int) -> Tokenizer:
     """The tokenizer must load, fit the model's vocabulary and have the chat-template tokens."""
     try:
         tok = Tokenizer(path)
@@ -46,13 +48,16 @@ def check_tokenizer(path: str, vocab_size: int) -> None:
         raise Gemma3nError(str(e) if path in str(e) else f"{path}: {e}") from None
     if tok.vocab_size > vocab_size:
         raise Gemma3nError(f"{path}: {tok.vocab_size} pieces, more than the model's vocab_size {vocab_size}")
+    return tok
 
 
 def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str = "int8", block_size: int | None = None,
            force: bool = False, show_progress: bool = True, slices: str | None = None, custom=(),
            vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
-           head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None) -> dict:
-    """`block_size`, `head`, `asymmetric` and `int8_linears` default to DEFAULT_RECIPE's (quantize.py)."""
+           head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None,
+           calibration: str | None = CALIBRATION_TEXT) -> dict:
+    """`block_size`, `head`, `asymmetric` and `int8_linears` default to DEFAULT_RECIPE's (quantize.py).
+    `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain min-max grids)."""
     started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
@@ -71,7 +76,9 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise Gemma3nError(f"{out_dir}: already exists and is not empty (use --force to replace it)")
     ckpt = open_checkpoint(os.path.expanduser(checkpoint_dir))
     # Each part claims its tensors now; a tensor no part claims is an error that names it.
-    parts = [TextPart(ckpt, recipe, tables, slices, custom),
+    if calibration is not None and not os.path.isfile(os.path.expanduser(calibration)):
+        raise Gemma3nError(f"--calibration: {calibration}: no such file")
+    parts = [TextPart(ckpt, recipe, tables, slices, custom, calibration),
              vision_part(ckpt, vision_quant), audio_part(ckpt, audio_quant)]
     parts = [p for p in parts if p is not None]
     ckpt.finish()
@@ -85,13 +92,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
         for part in parts:
             manifest.update(part.write(tmp, show_progress))
-        umask = os.umask(0)
-        os.umask(umask)
-        for rel in _files(tmp):   # readable as any file the user writes (torch writes its data files 0600)
-            os.chmod(os.path.join(tmp, rel), 0o666 & ~umask)
-        manifest["files"] = {rel: file_entry(os.path.join(tmp, rel)) for rel in sorted(_files(tmp))}
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1)
+        write_manifest(tmp, manifest)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,17 +104,24 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
 class TextPart:
     """The text decoder: row tables, the shared weights store, one graph per slice, the tokenizer."""
 
-    def __init__(self, ckpt: TensorSource, recipe: QuantRecipe, tables: str, slices, custom):
+    def __init__(self, ckpt: TensorSource, recipe: QuantRecipe, tables: str, slices, custom, calibration: str | None):
         self.arch_name = architecture(ckpt.config)
         self.arch = ARCHITECTURES[self.arch_name]
         self.src = self.arch.parse(ckpt.config, ckpt)
         self.tokenizer = ckpt.tokenizer_path
         if not os.path.isfile(self.tokenizer):
             raise Gemma3nError(f"{ckpt.dir}: no tokenizer.model (the SentencePiece model of the checkpoint)")
-        check_tokenizer(self.tokenizer, self.src.vocab_size)
+        tokenizer = check_tokenizer(self.tokenizer, self.src.vocab_size)
         self.weights = self.arch.take_weights(ckpt, self.src)
         self.plans = self.arch.plans(self.src, slices, custom)
         self.recipe, self.quant, self.tables = recipe, recipe.mode, tables
+        # importance-weighted grids exist for int4 with zero points (quantize.py)
+        self.calibration = calibration if recipe.mode == "int4" and recipe.asymmetric else None
+        self.calibrated = None
+        if self.calibration:
+            self.calibration_ids = calibration_ids(tokenizer, os.path.expanduser(self.calibration),
+                                                   SpecialTokens.from_tokenizer(tokenizer).bos,
+                                                   min(MAX_TOKENS, self.src.text_config().max_position_embeddings))
 
     def write(self, tmp: str, show_progress: bool) -> dict:
         src, arch, weights, quant = self.src, self.arch, self.weights, self.quant
@@ -125,12 +133,13 @@ class TextPart:
         with tqdm(total=rows, unit="rows", desc="row tables", disable=not show_progress) as bar:
             for rel, lazy, groups in row_tables.values():
                 write_row_table(os.path.join(tmp, rel), lazy, groups, self.tables, progress=bar)
+        importance = self._calibrate(tmp, row_tables, show_progress) if self.calibration else None
         store = WeightStore(os.path.join(tmp, "text/weights.bin"))
         entries = []
         for plan in tqdm(self.plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(self.plans) < 2):
             builder = arch.builder(src, weights, plan, self.plans)
             graph = builder.build()
-            quantize_graph(graph, self.recipe)
+            quantize_graph(graph, self.recipe, importance)
             graph_file = f"text/decoder.{plan.name}.onnx"
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
                       disable=not show_progress) as bar:
@@ -139,17 +148,55 @@ class TextPart:
                                        arch.effective_params(src, plan)))
         store.close()
         shutil.copyfile(self.tokenizer, os.path.join(tmp, "tokenizer.model"))
+        return self._manifest(self.recipe, entries, row_tables)
+
+    def _manifest(self, recipe: QuantRecipe, entries: list[dict], row_tables: dict) -> dict:
+        quant = recipe.mode
         return {
-            "source": {"architecture": self.arch_name, "dtype": src.embed_dtype},
-            "text_config": _jsonable(src.text_config().__dict__),
-            "quantization": {"decoder": quant, "block_size": self.recipe.block_size if quant != "fp32" else None,
-                             "tables": self.tables, "head": self.recipe.mode_of("lm_head"),
-                             "asymmetric": self.recipe.asymmetric and quant != "fp32",
-                             "int8_linears": list(self.recipe.int8_linears) if quant == "int4" else []},
+            "source": {"architecture": self.arch_name, "dtype": self.src.embed_dtype},
+            "text_config": _jsonable(self.src.text_config().__dict__),
+            "quantization": {"decoder": quant, "block_size": recipe.block_size if quant != "fp32" else None,
+                             "tables": self.tables, "head": recipe.mode_of("lm_head"),
+                             "asymmetric": recipe.asymmetric and quant != "fp32",
+                             "int8_linears": list(recipe.int8_linears) if quant == "int4" else [],
+                             "calibration": self.calibrated if quant == "int4" else None},
             "tokenizer": "tokenizer.model",
             "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,
         }
+
+    def _calibrate(self, tmp: str, row_tables: dict, show_progress: bool) -> dict:
+        """The importance of every int4 linear's input features (calibrate.py), measured on a
+        scratch int8 bundle of the largest slice inside `tmp` that shares the row tables."""
+        src, arch = self.src, self.arch
+        scratch = os.path.join(tmp, ".calibration")
+        os.makedirs(os.path.join(scratch, "text"))
+        for rel, _, _ in row_tables.values():
+            _link_or_copy(os.path.join(tmp, rel), os.path.join(scratch, rel))
+        shutil.copyfile(self.tokenizer, os.path.join(scratch, "tokenizer.model"))
+        plan = max(self.plans, key=lambda p: arch.effective_params(src, p))
+        builder = arch.builder(src, self.weights, plan, self.plans)
+        graph = builder.build()
+        taps: dict[str, list[str]] = {}
+        for lin in quantized_linears(graph, self.recipe, "int4"):
+            for node in lin.nodes:
+                taps.setdefault(node.input[0], []).append(lin.key)
+        int8 = replace(self.recipe, mode="int8", head="int8", int8_linears=())
+        quantize_graph(graph, int8)
+        graph_file = f"text/decoder.{plan.name}.onnx"
+        store = WeightStore(os.path.join(scratch, "text/weights.bin"))
+        with tqdm(total=len(graph.weights), unit="tensor", desc="calibration: int8 decoder", leave=False,
+                  disable=not show_progress) as bar:
+            weight_bytes = write_graph(graph, os.path.join(scratch, graph_file), store, progress=bar)
+        store.close()
+        entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, "int8", arch.effective_params(src, plan))
+        write_manifest(scratch, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                                 **self._manifest(int8, [entry], row_tables)})
+        importance = measure_importance(scratch, graph_file, taps, self.calibration_ids)
+        shutil.rmtree(scratch)
+        name = "built-in" if self.calibration == CALIBRATION_TEXT else os.path.basename(self.calibration)
+        self.calibrated = {"text": name, "tokens": len(self.calibration_ids)}
+        return importance
 
 
 def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str,
@@ -172,6 +219,24 @@ def file_entry(path: str) -> dict:
     if entry["size"] > SMALL_FILE:
         entry["spot_sha256"] = spot_sha256(path)
     return entry
+
+
+def write_manifest(root: str, manifest: dict) -> None:
+    """Make the files under `root` readable, list them with their hashes, and write the manifest."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for rel in _files(root):   # readable as any file the user writes (torch writes its data files 0600)
+        os.chmod(os.path.join(root, rel), 0o666 & ~umask)
+    manifest["files"] = {rel: file_entry(os.path.join(root, rel)) for rel in sorted(_files(root))}
+    with open(os.path.join(root, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _jsonable(d: dict) -> dict:

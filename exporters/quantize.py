@@ -14,7 +14,7 @@ from onnx import helper
 from dataclasses import dataclass
 
 from .checkpoint import Lazy
-from .onnx_graph import MS_DOMAIN, Graph
+from .onnx_graph import MS_DOMAIN, Graph, Linear
 
 MODES = {"int4": 4, "int8": 8}
 MIN_DIM = 16   # tiny linears (the AltUp 4x4 coefficient maps, the router) stay in fp32
@@ -64,10 +64,22 @@ def quantize_blockwise(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray
     return np.ascontiguousarray(q), scales.astype(np.float32).reshape(-1)
 
 
-def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# With calibration, the int4 grids tried per block: [min, max], and that range narrowed (clipping
+# the extremes) with the zero point rounded three ways; the lowest importance-weighted error wins.
+SHRINKS = (0.95, 0.9, 0.85, 0.8)
+
+
+def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importance: np.ndarray | None = None
+                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Asymmetric blockwise quantization of w [N, K] -> (packed, scales [N*blocks], zero points
     uint8 [N, ceil(blocks*bits/8)] packed as MatMulNBits reads them). Each block's [min, max]
-    (widened to include 0, so that 0 stays exact) spans all 2^bits levels."""
+    (widened to include 0, so that 0 stays exact) spans all 2^bits levels.
+
+    `importance` [K] (the mean square of each input feature over calibration text, calibrate.py):
+    at 4 bits, narrower grids are tried as well and each block keeps the one with the least
+    sum of importance * error^2, the error the layer's output sees (llama.cpp's imatrix idea).
+    Plain squared error is the wrong target: measured on the real Gemma 3 270M, it lowers weight
+    error 10-25 % but raises the KL to fp32."""
     n, k = w.shape
     blocks = -(-k // block)
     padded = np.zeros((n, blocks * block), np.float32)
@@ -75,11 +87,30 @@ def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int) -> tuple
     padded = padded.reshape(n, blocks, block)
     top = 2 ** bits - 1
     lo, hi = np.minimum(padded.min(axis=2), 0), np.maximum(padded.max(axis=2), 0)
-    scales = (hi - lo) / top
-    scales[scales == 0] = 1.0
+    span = np.where(hi > lo, hi - lo, top)      # an all-zero block: scale 1
+    scales = span / top
     zp = np.clip(np.rint(-lo / scales), 0, top)
-    q = np.clip(np.rint(padded / scales[..., None]) + zp[..., None], 0, top).astype(np.uint8)
-    zp = zp.astype(np.uint8)
+    q = np.clip(np.rint(padded / scales[..., None]) + zp[..., None], 0, top)
+    if importance is not None and bits == 4:
+        weight = np.zeros(blocks * block, np.float32)
+        weight[:k] = importance
+        weight = weight.reshape(blocks, block)
+
+        def cost(q, scales, zp):
+            return (np.square((q - zp[..., None]) * scales[..., None] - padded) * weight).sum(axis=2)
+
+        err = cost(q, scales, zp)
+        for shrink in SHRINKS:
+            s = span * shrink / top
+            centre = np.rint((lo + hi) / 2 / -s + top / 2)
+            for z in (centre - 1, centre, centre + 1):
+                z = np.clip(z, 0, top)
+                cq = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, top)
+                cerr = cost(cq, s, z)
+                better = cerr < err
+                q = np.where(better[..., None], cq, q)
+                scales, zp, err = np.where(better, s, scales), np.where(better, z, zp), np.where(better, cerr, err)
+    q, zp = q.astype(np.uint8), zp.astype(np.uint8)
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
         if blocks % 2:
@@ -106,7 +137,8 @@ def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: i
     return w.reshape(n, -1)[:, :k]
 
 
-def quantize_rows(src: Lazy, bits: int, block: int, asymmetric: bool = False, rows: int = 4096) -> dict[str, np.ndarray]:
+def quantize_rows(src: Lazy, bits: int, block: int, asymmetric: bool = False, rows: int = 4096,
+                  importance: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Blockwise quantization over `rows` rows at a time, so a 262400-row LM head needs little
     memory. Returns {"q": packed, "scales": ..., and "zero_points" when asymmetric}."""
     n, k = src.shape
@@ -119,7 +151,7 @@ def quantize_rows(src: Lazy, bits: int, block: int, asymmetric: bool = False, ro
         b = min(n, a + rows)
         w = src.rows(a, b) if whole is None else whole[a:b]
         if asymmetric:
-            out["q"][a:b], s, out["zero_points"][a:b] = quantize_blockwise_asymmetric(w, bits, block)
+            out["q"][a:b], s, out["zero_points"][a:b] = quantize_blockwise_asymmetric(w, bits, block, importance)
         else:
             out["q"][a:b], s = quantize_blockwise(w, bits, block)
         out["scales"][a:b] = s.reshape(b - a, blocks)
@@ -129,37 +161,50 @@ def quantize_rows(src: Lazy, bits: int, block: int, asymmetric: bool = False, ro
     return out
 
 
-def quantize_graph(graph: Graph, recipe: QuantRecipe | str) -> None:
-    """Rewrite every large enough linear of `graph` as MatMulNBits, in place."""
+def quantized_linears(graph: Graph, recipe: QuantRecipe, *modes: str) -> list[Linear]:
+    """The linears of `graph` that `recipe` quantizes to one of `modes`, in graph order."""
+    return [lin for lin in graph.linears.values()
+            if recipe.mode_of(lin.key) in modes and min(lin.source.shape) >= MIN_DIM]
+
+
+def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str, np.ndarray] | None = None) -> None:
+    """Rewrite every large enough linear of `graph` as MatMulNBits, in place. `importance`: per
+    stored tensor key, its input features' calibration weights (calibrate.py), used by int4."""
     recipe = QuantRecipe(recipe) if isinstance(recipe, str) else recipe
-    for lin in graph.linears.values():
-        n, k = lin.source.shape
-        mode = recipe.mode_of(lin.key)
-        if mode == "fp32" or min(n, k) < MIN_DIM:
-            continue
-        bits, block, asym = MODES[mode], recipe.block_size, recipe.asymmetric
-        blocks = -(-k // block)
-        zp_bytes = -(-blocks * bits // 8)
-        cache: dict[str, np.ndarray] = {}
+    int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
+    for lin in quantized_linears(graph, recipe, "int4", "int8"):
+        imp = None
+        if importance is not None and id(lin) in int4 and recipe.asymmetric:
+            imp = importance[lin.key]
+            assert imp.shape == (lin.source.shape[1],), (lin.key, imp.shape)
+        _quantize_linear(graph, lin, MODES[recipe.mode_of(lin.key)], recipe, imp)
 
-        def part(name: str, src: Lazy = lin.source, cache=cache, bits=bits, block=block, asym=asym) -> np.ndarray:
-            # the parts are written one after another: the source is read and quantized once
-            if name not in cache:
-                cache.clear()
-                cache.update(quantize_rows(src, bits, block, asym))
-            return cache.pop(name)
 
-        a, b = lin.rows or (0, n)
-        del graph.weights[lin.weight]
-        inputs = [graph.weight(f"{lin.key}.q{bits}", Lazy(f"{lin.key}.q{bits}", (n, blocks, block * bits // 8),
-                                                           lambda p=part: p("q")), lin.rows),
-                  graph.weight(f"{lin.key}.scales", Lazy(f"{lin.key}.scales", (n * blocks,), lambda p=part: p("scales")),
-                               None if lin.rows is None else (a * blocks, b * blocks))]
-        if asym:
-            inputs.append(graph.weight(f"{lin.key}.zero_points", Lazy(f"{lin.key}.zero_points", (n * zp_bytes,),
-                                                                      lambda p=part: p("zero_points")),
-                                       None if lin.rows is None else (a * zp_bytes, b * zp_bytes)))
-        for node in lin.nodes:
-            node.CopyFrom(helper.make_node(
-                "MatMulNBits", [node.input[0], *inputs], list(node.output), name=node.name + "NBits",
-                domain=MS_DOMAIN, K=k, N=b - a, bits=bits, block_size=block, accuracy_level=recipe.accuracy_level))
+def _quantize_linear(graph: Graph, lin: Linear, bits: int, recipe: QuantRecipe, importance: np.ndarray | None) -> None:
+    n, k = lin.source.shape
+    block, asym = recipe.block_size, recipe.asymmetric
+    blocks = -(-k // block)
+    zp_bytes = -(-blocks * bits // 8)
+    cache: dict[str, np.ndarray] = {}
+
+    def part(name: str) -> np.ndarray:
+        # the parts are written one after another: the source is read and quantized once
+        if name not in cache:
+            cache.clear()
+            cache.update(quantize_rows(lin.source, bits, block, asym, importance=importance))
+        return cache.pop(name)
+
+    a, b = lin.rows or (0, n)
+    del graph.weights[lin.weight]
+    inputs = [graph.weight(f"{lin.key}.q{bits}", Lazy(f"{lin.key}.q{bits}", (n, blocks, block * bits // 8),
+                                                       lambda: part("q")), lin.rows),
+              graph.weight(f"{lin.key}.scales", Lazy(f"{lin.key}.scales", (n * blocks,), lambda: part("scales")),
+                           None if lin.rows is None else (a * blocks, b * blocks))]
+    if asym:
+        inputs.append(graph.weight(f"{lin.key}.zero_points", Lazy(f"{lin.key}.zero_points", (n * zp_bytes,),
+                                                                  lambda: part("zero_points")),
+                                   None if lin.rows is None else (a * zp_bytes, b * zp_bytes)))
+    for node in lin.nodes:
+        node.CopyFrom(helper.make_node(
+            "MatMulNBits", [node.input[0], *inputs], list(node.output), name=node.name + "NBits",
+            domain=MS_DOMAIN, K=k, N=b - a, bits=bits, block_size=block, accuracy_level=recipe.accuracy_level))

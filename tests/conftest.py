@@ -39,14 +39,15 @@ def tokenizer(demo_tokenizer_path) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def export_tiny(tmp_path_factory, demo_tokenizer_path):
-    """export_tiny(seed, quant, tables, embed_std, **config) -> (reference model, bundle dir), cached."""
+    """export_tiny(seed, quant, tables, embed_std, calibration, **config) -> (reference model, bundle dir),
+    cached; calibration as export()'s ("default": the built-in text)."""
     from exporters.export import export
     from hf_reference import reference_model, save_checkpoint, tiny_text_config
 
     cache = {}
 
-    def make(seed=0, quant="fp32", tables="fp32", embed_std=None, **config):
-        key = (seed, quant, tables, embed_std, repr(sorted(config.items())))
+    def make(seed=0, quant="fp32", tables="fp32", embed_std=None, calibration="default", **config):
+        key = (seed, quant, tables, embed_std, calibration, repr(sorted(config.items())))
         if key not in cache:
             model_key = (seed, embed_std, repr(sorted(config.items())))
             if model_key not in cache:
@@ -56,7 +57,8 @@ def export_tiny(tmp_path_factory, demo_tokenizer_path):
                 cache[model_key] = (model, ckpt)
             model, ckpt = cache[model_key]
             out = tmp_path_factory.mktemp(f"bundle{seed}{quant}") / "bundle"
-            export(str(ckpt), str(out), quant=quant, tables=tables, show_progress=False)
+            kw = {} if calibration == "default" else {"calibration": calibration}
+            export(str(ckpt), str(out), quant=quant, tables=tables, show_progress=False, **kw)
             cache[key] = (model, out)
         return cache[key]
 

@@ -361,3 +361,26 @@ def test_export_subprocess(tmp_path):
     assert "Traceback" not in p.stderr
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("gemma3n-export: error:"), p.stderr
     assert str(missing) in p.stderr
+
+
+def test_export_int4_calibration_is_recorded_and_leaves_no_scratch(capsys, good_ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert export(capsys, good_ckpt, out) == 0                   # int4: calibrated by default
+    calibration = json.loads((out / "manifest.json").read_text())["quantization"]["calibration"]
+    assert calibration["text"] == "built-in" and 64 <= calibration["tokens"] <= 2048
+    assert not any(".calibration" in str(p) for p in out.rglob("*"))
+    Bundle.open(out).verify()
+    assert os.listdir(tmp_path) == ["out"]
+    assert export(capsys, good_ckpt, out, "--no-calibration", "--force") == 0
+    assert json.loads((out / "manifest.json").read_text())["quantization"]["calibration"] is None
+
+
+def test_export_calibration_text_missing_or_too_short(capsys, good_ckpt, tmp_path):
+    missing = tmp_path / "nope.txt"
+    assert export(capsys, good_ckpt, tmp_path / "out", "--calibration", missing) == 2
+    one_line_error(capsys, "gemma3n-export", "--calibration", str(missing), "no such file")
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.")
+    assert export(capsys, good_ckpt, tmp_path / "out", "--calibration", short) == 2
+    one_line_error(capsys, "gemma3n-export", str(short), "at least 64")
+    assert os.listdir(tmp_path) == ["short.txt"]           # no bundle, no scratch

@@ -16,7 +16,7 @@ from bench.synthetic import write_random_checkpoint
 
 INSTALLED = os.environ.get("GEMMA3N_TEST_INSTALLED") == "1"
 # Non-Python files the code opens at run or export time, by package.
-DATA_FILES = {"gemma3n_rt": ["FORMAT.md"], "exporters": ["matformer_configs.csv"],
+DATA_FILES = {"gemma3n_rt": ["FORMAT.md"], "exporters": ["matformer_configs.csv", "calibration.txt"],
               "gemma3n_rt.assets": ["demo/manifest.json", "demo/tokenizer.model", "sample.jpg", "speech.flac"]}
 SCRIPTS = {"gemma3n-run": "gemma3n_rt.cli", "gemma3n-export": "exporters.cli", "gemma3n-serve": "gemma3n_rt.server.cli"}
 # E4B's structure (35 layers, uniform FFN width, KV sharing from layer 20) at a tiny width: the

@@ -63,16 +63,12 @@ def kl(p_logits, q_logits) -> float:
     return float(np.sum(p * (np.log(p) - np.log(q))))
 
 
-# Measured on these tiny random models (hidden size 64, block 32): int8 agrees on 0.990 of the
-# steps (mean KL 0.0024), int4 on 0.929 (mean KL 0.172).
-@pytest.mark.parametrize("quant,min_agree,max_kl", [("int8", 0.95, 0.01), ("int4", 0.75, 0.3)])
-def test_quantized_close_to_fp32(export_tiny, quant, min_agree, max_kl, record_property):
-    """Teacher-forced along the fp32 greedy path: top-1 agreement and mean KL(fp32 || quantized),
-    on models with a peaked next-token distribution (embed_std=1) so that agreement means something."""
+def agreement_and_kl(export_tiny, quant: str, **export_kw) -> tuple[list, list]:
+    """Teacher-forced along the fp32 greedy path: top-1 agreement and KL(fp32 || quantized) per step."""
     agree, kls = [], []
     for seed in SEEDS:
         _, exact_dir = export_tiny(seed, embed_std=1.0)
-        _, quant_dir = export_tiny(seed, quant, tables="int8", embed_std=1.0)
+        _, quant_dir = export_tiny(seed, quant, tables="int8", embed_std=1.0, **export_kw)
         exact = gemma3n_rt.load(str(exact_dir), context=256)
         approx = gemma3n_rt.load(str(quant_dir), context=256)
         ids = prompt(seed, 20)
@@ -81,8 +77,26 @@ def test_quantized_close_to_fp32(export_tiny, quant, min_agree, max_kl, record_p
             a, b = exact.next_token_logits(path[:t]), approx.next_token_logits(path[:t])
             agree.append(a.argmax() == b.argmax())
             kls.append(kl(a, b))
+    return agree, kls
+
+
+# Measured on these tiny random models (hidden size 64, block 32): int8 agrees on 1.000 of the
+# steps (mean KL 0.0018), the default int4 (calibrated) on 0.949 (mean KL 0.064).
+@pytest.mark.parametrize("quant,min_agree,max_kl", [("int8", 0.95, 0.01), ("int4", 0.85, 0.15)])
+def test_quantized_close_to_fp32(export_tiny, quant, min_agree, max_kl, record_property):
+    """On models with a peaked next-token distribution (embed_std=1) so that agreement means something."""
+    agree, kls = agreement_and_kl(export_tiny, quant)
     record_property("agreement", float(np.mean(agree)))
     record_property("mean_kl", float(np.mean(kls)))
     print(f"{quant}: greedy agreement {np.mean(agree):.3f}, mean KL {np.mean(kls):.5f}, max KL {np.max(kls):.5f}")
     assert np.mean(agree) >= min_agree
     assert np.mean(kls) <= max_kl
+
+
+def test_calibrated_int4_is_closer_to_fp32_than_min_max_grids(export_tiny):
+    """The calibration text weighs each block's int4 grid (exporters/calibrate.py). Measured here:
+    mean KL 0.064 calibrated, 0.110 with plain min-max grids; agreement 0.949 vs 0.919."""
+    _, calibrated = agreement_and_kl(export_tiny, "int4")
+    _, plain = agreement_and_kl(export_tiny, "int4", calibration=None)
+    print(f"int4 mean KL: calibrated {np.mean(calibrated):.5f}, min-max {np.mean(plain):.5f}")
+    assert np.mean(calibrated) < 0.8 * np.mean(plain)

@@ -61,3 +61,23 @@ def test_matmulnbits_with_zero_points_computes_with_the_dequantized_weight(bits,
     # and tighter than the symmetric grid on off-centre weights
     sym = dequantize_blockwise(*quantize_blockwise(w, bits, block), bits, k)
     assert np.mean(np.abs(wd - w)) < np.mean(np.abs(sym - w))
+
+
+def test_importance_weighted_int4_grid_never_loses_to_min_max():
+    """With calibration importance, each block keeps the grid of least importance-weighted error;
+    [min, max] is one of the candidates, so no block may be worse than it by that measure."""
+    rng = np.random.default_rng(4)
+    n, k, block = 64, 256, 32
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    importance = rng.gamma(0.5, size=k).astype(np.float32)     # a few features dominate, as in LLMs
+    plain = quantize_blockwise_asymmetric(w, 4, block)
+    weighted = quantize_blockwise_asymmetric(w, 4, block, importance)
+    err = {name: (np.square(dequantize_blockwise(q, s, 4, k, z) - w) * importance).reshape(n, -1, block).sum(axis=2)
+           for name, (q, s, z) in (("plain", plain), ("weighted", weighted))}
+    assert np.all(err["weighted"] <= err["plain"] + 1e-6)
+    assert err["weighted"].sum() < 0.9 * err["plain"].sum()
+    # int8 and no importance: the plain [min, max] grid, unchanged
+    for bits in (4, 8):
+        q8 = quantize_blockwise_asymmetric(w, bits, block, importance if bits == 8 else None)
+        ref = quantize_blockwise_asymmetric(w, bits, block)
+        assert all(np.array_equal(a, b) for a, b in zip(q8, ref))
