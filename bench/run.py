@@ -59,7 +59,7 @@ def bundle(shape: str, ckpt, work: str) -> str:
         src = ckpt()
         print(f"exporting {src} -> {out}", file=sys.stderr)
         # random weights: calibration would change values, not bytes or speed, and double the export time
-        export(src, out, "int4", show_progress=False, slices="full" if shape == "e4b" else None, force=True,
+        export(src, out, "int4", show_progress=False, slices="E4B" if shape == "e4b" else None, force=True,
                calibration=None)
     return out
 

@@ -169,14 +169,15 @@ def quantized_linears(graph: Graph, recipe: QuantRecipe, *modes: str) -> list[Li
 
 def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str, np.ndarray] | None = None) -> None:
     """Rewrite every large enough linear of `graph` as MatMulNBits, in place. `importance`: per
-    stored tensor key, its input features' calibration weights (calibrate.py), used by int4."""
+    stored tensor key, its input features' calibration weights (calibrate.py), used by int4 with
+    zero points; the calibration covers every int4 linear of the largest slice, so of all slices."""
     recipe = QuantRecipe(recipe) if isinstance(recipe, str) else recipe
     int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
     for lin in quantized_linears(graph, recipe, "int4", "int8"):
         imp = None
         if importance is not None and id(lin) in int4 and recipe.asymmetric:
-            imp = importance[lin.key]
-            assert imp.shape == (lin.source.shape[1],), (lin.key, imp.shape)
+            imp = importance.get(lin.key)
+            assert imp is not None and imp.shape == (lin.source.shape[1],), f"calibration missed {lin.key}"
         _quantize_linear(graph, lin, MODES[recipe.mode_of(lin.key)], recipe, imp)
 
 
