@@ -67,6 +67,7 @@ def quantize_blockwise(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray
 # With calibration, the int4 grids tried per block: [min, max], and that range narrowed (clipping
 # the extremes) with the zero point rounded three ways; the lowest importance-weighted error wins.
 SHRINKS = (0.95, 0.9, 0.85, 0.8)
+REFITS = 2     # then the winner is refit by weighted least squares (270M: KL 0.090 -> 0.080)
 
 
 def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importance: np.ndarray | None = None
@@ -76,8 +77,8 @@ def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importan
     (widened to include 0, so that 0 stays exact) spans all 2^bits levels.
 
     `importance` [K] (the mean square of each input feature over calibration text, calibrate.py):
-    at 4 bits, narrower grids are tried as well and each block keeps the one with the least
-    sum of importance * error^2, the error the layer's output sees (llama.cpp's imatrix idea).
+    at 4 bits, narrower grids are tried as well, and refit, and each block keeps the one with the
+    least sum of importance * error^2, the error the layer's output sees (llama.cpp's imatrix idea).
     Plain squared error is the wrong target: measured on the real Gemma 3 270M, it lowers weight
     error 10-25 % but raises the KL to fp32."""
     n, k = w.shape
@@ -110,6 +111,24 @@ def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importan
                 better = cerr < err
                 q = np.where(better[..., None], cq, q)
                 scales, zp, err = np.where(better, s, scales), np.where(better, z, zp), np.where(better, cerr, err)
+        for _ in range(REFITS):
+            # the best levels so far, refit: weighted least squares for scale and offset, the zero
+            # point rounded, the scale fit again for it (llama.cpp's make_qkx2_quants, integer zero)
+            total = weight.sum(axis=1)
+            mean_q = (q * weight).sum(axis=2) / total
+            mean_w = (padded * weight).sum(axis=2) / total
+            dq = q - mean_q[..., None]
+            var = (np.square(dq) * weight).sum(axis=2)
+            s = (dq * (padded - mean_w[..., None]) * weight).sum(axis=2) / np.where(var > 0, var, 1)
+            z = np.clip(np.rint(mean_q - mean_w / np.where(s > 0, s, 1)), 0, top)
+            lv = q - z[..., None]
+            s = (lv * padded * weight).sum(axis=2) / np.maximum((np.square(lv) * weight).sum(axis=2), 1e-30)
+            s = np.where(s > 0, s, scales)
+            cq = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, top)
+            cerr = cost(cq, s, z)
+            better = cerr < err
+            q = np.where(better[..., None], cq, q)
+            scales, zp, err = np.where(better, s, scales), np.where(better, z, zp), np.where(better, cerr, err)
     q, zp = q.astype(np.uint8), zp.astype(np.uint8)
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
