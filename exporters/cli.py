@@ -27,9 +27,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=DEFAULT_RECIPE.block_size,
                    help=f"int4/int8 block (default {DEFAULT_RECIPE.block_size})")
     p.add_argument("--head", choices=QUANT_MODES, default=None,
-                   help=f"the tied LM head (default with int4: {DEFAULT_RECIPE.head or 'int4'}; else as --quant)")
+                   help=f"the tied LM head (default with int4: {DEFAULT_RECIPE.head or 'int4'}, its top logits "
+                        f"recomputed, see --head-rescore; else as --quant)")
     p.add_argument("--asymmetric", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE.asymmetric,
                    help="int4/int8 with a zero point per block (MatMulNBits zero_points)")
+    p.add_argument("--head-rescore", type=int, default=None, metavar="K",
+                   help=f"with an int4 head: the runtime recomputes its K largest logits from the embedding row "
+                        f"table (default {DEFAULT_RECIPE.head_rescore}; 0: off)")
     p.add_argument("--calibration", metavar="TEXT_FILE", default=CALIBRATION_TEXT,
                    help="text whose activations weigh each int4 block's grid (default: a built-in text of about "
                         "2,000 tokens; the decoder is exported once more at int8 to measure them)")
@@ -55,7 +59,8 @@ def main(argv=None) -> int:
         manifest = export(args.checkpoint, args.out, args.quant, args.tables, args.block_size, args.force,
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice,
                           vision_quant=args.vision_quant, audio_quant=args.audio_quant,
-                          head=args.head, asymmetric=args.asymmetric, calibration=args.calibration)
+                          head=args.head, asymmetric=args.asymmetric, calibration=args.calibration,
+                          head_rescore=args.head_rescore)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

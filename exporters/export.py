@@ -23,7 +23,8 @@ from .architectures import ARCHITECTURES
 from .audio import audio_part
 from .vision import DEFAULT_VISION_QUANT, vision_part
 from .calibrate import CALIBRATION_TEXT, MAX_TOKENS, calibration_ids, measure_importance
-from .quantize import DEFAULT_RECIPE, QuantRecipe, quantize_graph, quantized_linears
+from .onnx_graph import FLOAT
+from .quantize import DEFAULT_RECIPE, HEAD, QuantRecipe, quantize_graph, quantized_linears
 from .text_decoder import SlicePlan
 from .writer import WeightStore, write_graph, write_row_table
 
@@ -55,9 +56,11 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
            force: bool = False, show_progress: bool = True, slices: str | None = None, custom=(),
            vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
            head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None,
-           calibration: str | None = CALIBRATION_TEXT) -> dict:
-    """`block_size`, `head`, `asymmetric` and `int8_linears` default to DEFAULT_RECIPE's (quantize.py).
-    `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain min-max grids)."""
+           calibration: str | None = CALIBRATION_TEXT, head_rescore: int | None = None) -> dict:
+    """`block_size`, `head`, `asymmetric`, `int8_linears` and `head_rescore` default to DEFAULT_RECIPE's
+    (quantize.py). `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain
+    min-max grids). `head_rescore`: with an int4 head, how many top logits the runtime recomputes
+    from the embedding row table (gemma3n_rt/head.py; 0: none)."""
     started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
@@ -67,6 +70,12 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
                          DEFAULT_RECIPE.asymmetric if asymmetric is None else asymmetric,
                          (DEFAULT_RECIPE.head if quant == "int4" else None) if head is None else head,
                          DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears))
+    if recipe.mode_of(HEAD) == "int4":
+        recipe = replace(recipe, head_rescore=DEFAULT_RECIPE.head_rescore if head_rescore is None else head_rescore)
+    elif head_rescore:
+        raise Gemma3nError(f"--head-rescore recomputes an int4 head's top logits; the head here is {recipe.mode_of(HEAD)}")
+    if recipe.head_rescore < 0:
+        raise Gemma3nError(f"--head-rescore must be 0 or more, got {recipe.head_rescore}")
     if tables not in TABLE_DTYPES:
         raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
@@ -139,6 +148,8 @@ class TextPart:
         for plan in tqdm(self.plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(self.plans) < 2):
             builder = arch.builder(src, weights, plan, self.plans)
             graph = builder.build()
+            if self.recipe.head_rescore:
+                expose_head_input(graph, src.hidden_size)
             quantize_graph(graph, self.recipe, importance)
             graph_file = f"text/decoder.{plan.name}.onnx"
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
@@ -159,7 +170,8 @@ class TextPart:
                              "tables": self.tables, "head": recipe.mode_of("lm_head"),
                              "asymmetric": recipe.asymmetric and quant != "fp32",
                              "int8_linears": list(recipe.int8_linears) if quant == "int4" else [],
-                             "calibration": self.calibrated if quant == "int4" else None},
+                             "calibration": self.calibrated if quant == "int4" else None,
+                             "head_rescore": recipe.head_rescore},
             "tokenizer": "tokenizer.model",
             "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,
@@ -179,9 +191,11 @@ class TextPart:
         graph = builder.build()
         taps: dict[str, list[str]] = {}
         for lin in quantized_linears(graph, self.recipe, "int4"):
+            if lin.key == HEAD:        # not weighed (quantize.py)
+                continue
             for node in lin.nodes:
                 taps.setdefault(node.input[0], []).append(lin.key)
-        int8 = replace(self.recipe, mode="int8", head="int8", int8_linears=())
+        int8 = replace(self.recipe, mode="int8", head="int8", int8_linears=(), head_rescore=0)
         quantize_graph(graph, int8)
         graph_file = f"text/decoder.{plan.name}.onnx"
         store = WeightStore(os.path.join(scratch, "text/weights.bin"))
@@ -219,6 +233,12 @@ def file_entry(path: str) -> dict:
     if entry["size"] > SMALL_FILE:
         entry["spot_sha256"] = spot_sha256(path)
     return entry
+
+
+def expose_head_input(graph, width: int) -> None:
+    """Output the normed hidden state the LM head is applied to, as "hidden" [1, D] (head.py)."""
+    head = next(lin for lin in graph.linears.values() if lin.key == HEAD)
+    graph.output(head.nodes[0].input[0], "hidden", FLOAT, [1, width])
 
 
 def write_manifest(root: str, manifest: dict) -> None:

@@ -30,6 +30,7 @@ class QuantRecipe:
     head: str | None = None            # None: as `mode`; "int8", "int4" or "fp32"
     int8_linears: tuple[str, ...] = ()  # with int4: linears named so (e.g. "down_proj", any layer) stay int8
     accuracy_level: int = 4            # MatMulNBits: 4 = int8 activations (about 2x the speed of 0)
+    head_rescore: int = 0              # with an int4 head: its top logits recomputed (gemma3n_rt/head.py)
 
     def mode_of(self, key: str) -> str:
         if key == HEAD and self.head:
@@ -40,7 +41,7 @@ class QuantRecipe:
 
 
 # The int4 default, chosen by the quality table of bench/quality.py on the real Gemma 3 270M.
-DEFAULT_RECIPE = QuantRecipe(asymmetric=True, head="int8", int8_linears=("v_proj", "down_proj"))
+DEFAULT_RECIPE = QuantRecipe(asymmetric=True, head="int4", int8_linears=("v_proj", "down_proj"), head_rescore=64)
 
 
 def quantize_blockwise(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +195,8 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str
     int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
     for lin in quantized_linears(graph, recipe, "int4", "int8"):
         imp = None
-        if importance is not None and id(lin) in int4 and recipe.asymmetric:
+        # the head is applied to one position per chunk: too few samples to weigh it by
+        if importance is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
             imp = importance.get(lin.key)
             assert imp is not None and imp.shape == (lin.source.shape[1],), f"calibration missed {lin.key}"
         _quantize_linear(graph, lin, MODES[recipe.mode_of(lin.key)], recipe, imp)

@@ -76,6 +76,7 @@ class Quantization:
     decoder: str                 # "int4", "int8" or "fp32"
     block_size: int | None       # int4/int8 block along the input dimension
     tables: str                  # row tables: "int8", "fp16" or "fp32"
+    head_rescore: int = 0        # the graph also outputs "hidden"; recompute its top logits (head.py)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Quantization":

@@ -11,7 +11,9 @@ import numpy as np
 from .bundle import Bundle
 from .config import SliceSpec
 from .errors import Gemma3nError
+from .head import HeadRescore
 from .kvcache import KVCache
+from .rowtable import RowTable
 from .sessions import create_session
 
 DEFAULT_CHUNK = 256
@@ -27,6 +29,8 @@ class TextDecoder:
         self.session = create_session(bundle.file(spec.graph), threads)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk)
+        k = bundle.quant.head_rescore
+        self.rescore = HeadRescore(RowTable(bundle.file(bundle.tables.embed)), k, cfg.final_logit_softcapping) if k else None
 
     def close(self) -> None:
         """Release the session (its resident weights) now rather than at garbage collection."""
@@ -59,4 +63,6 @@ class TextDecoder:
             feeds["per_layer_tokens"] = per_layer_tokens
         results = dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
         self.cache.append(results, keys)
+        if self.rescore is not None:
+            return self.rescore(results["logits"], results["hidden"])
         return results["logits"]

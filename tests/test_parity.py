@@ -100,3 +100,23 @@ def test_calibrated_int4_is_closer_to_fp32_than_min_max_grids(export_tiny):
     _, plain = agreement_and_kl(export_tiny, "int4", calibration=None)
     print(f"int4 mean KL: calibrated {np.mean(calibrated):.5f}, min-max {np.mean(plain):.5f}")
     assert np.mean(calibrated) < 0.8 * np.mean(plain)
+
+
+def test_int4_head_rescore_recovers_the_exact_top_logits(export_tiny):
+    """An fp32 decoder with only the LM head at int4: the top logits the runtime recomputes from
+    the fp32 embedding table (gemma3n_rt/head.py) are the fp32 bundle's own, where the int4
+    head's are not; the rest stay the int4 head's."""
+    _, exact_dir = export_tiny(1, embed_std=1.0)
+    _, int4_dir = export_tiny(1, "fp32", "fp32", embed_std=1.0, head="int4")
+    _, plain_dir = export_tiny(1, "fp32", "fp32", embed_std=1.0, head="int4", head_rescore=0)
+    exact = gemma3n_rt.load(str(exact_dir), context=64)
+    rescored, plain = (gemma3n_rt.load(str(d), context=64) for d in (int4_dir, plain_dir))
+    assert rescored.bundle.quant.head_rescore == 64 and plain.bundle.quant.head_rescore == 0
+    ids = prompt(1, 12)
+    a, b, c = exact.next_token_logits(ids), rescored.next_token_logits(ids), plain.next_token_logits(ids)
+    top = np.argsort(c)[-64:]          # the int4 head's 64 largest: the ones recomputed
+    assert np.allclose(b[top], a[top], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(c[top], a[top], rtol=1e-4, atol=1e-4)       # the int4 head alone is off
+    rest = np.setdiff1d(np.arange(len(b)), top)
+    assert np.array_equal(b[rest], c[rest])
+    assert b.argmax() == a.argmax()
