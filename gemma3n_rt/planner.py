@@ -15,7 +15,7 @@ MiB = 1 << 20
 # blocks of 32 gain a float block sum beside each scale); and the SentencePiece model in memory
 # (47 MB for Gemma's 262,144 pieces).
 SESSION_OVERHEAD = 28 * MiB
-PREPACK = {"int4": 1.23, "int8": 1.11, "fp32": 1.0}   # int4: 1.2 before the head was int4 too
+PREPACK = {"int4": 1.23, "int8": 1.11, "fp32": 1.0}   # int4 refit (from 1.2) when the head became int4
 TOKENIZER_BYTES_PER_PIECE = 208
 # onnxruntime's arena after a full chunk: its high-water mark per token of the chunk, in floats per
 # hidden unit, per FFN unit and per attention score. Fitted with full contexts (1024-4096) on
