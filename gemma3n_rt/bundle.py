@@ -10,8 +10,8 @@ from .config import AudioConfig, Quantization, RowTables, SliceSpec, TextConfig,
 from .errors import Gemma3nError
 
 FORMAT_NAME = "gemma3n-rt-bundle"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)    # version 1: text only
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)    # 1: text only; 2: no head_rescore
 MANIFEST = "manifest.json"
 SMALL_FILE = 16 << 20       # files up to this size are hashed whole on every load
 SPOTS, SPOT = 16, 4096

@@ -151,6 +151,22 @@ def test_a_version_1_bundle_still_loads(export_tiny, tmp_path):
         gemma3n_rt.load(str(bundle), context=64).generate_ids([2, 10, 11], 4, temperature=0)
 
 
+def test_a_version_2_bundle_still_loads(export_tiny, tmp_path):
+    """Bundles written before the rescored head (format version 2: no quantization.head_rescore)."""
+    import json
+    _, bundle = export_tiny(0, "int4", "int8", embed_std=1.0, head="int8")
+    old = tmp_path / "v2"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["format_version"] == 3 and manifest["quantization"].pop("head_rescore") == 0
+    manifest["format_version"] = 2
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    model = gemma3n_rt.load(str(old), context=64)
+    assert model.bundle.quant.head_rescore == 0
+    assert model.generate_ids([2, 10, 11], 4, temperature=0) == \
+        gemma3n_rt.load(str(bundle), context=64).generate_ids([2, 10, 11], 4, temperature=0)
+
+
 def test_default_context_is_the_smaller_of_4096_and_the_models(export_tiny):
     _, bundle = export_tiny(0, embed_std=1.0, max_position_embeddings=1024)
     assert gemma3n_rt.load(str(bundle)).context == 1024
