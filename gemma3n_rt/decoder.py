@@ -30,6 +30,9 @@ class TextDecoder:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk)
         k = bundle.quant.head_rescore
+        if k and (not isinstance(k, int) or k < 0 or "hidden" not in self.outputs):
+            raise Gemma3nError(f"{bundle.file(spec.graph)}: the manifest asks to recompute the head's top {k!r} "
+                               "logits, but the graph has no 'hidden' output (or that is not a count)")
         self.rescore = HeadRescore(RowTable(bundle.file(bundle.tables.embed)), k, cfg.final_logit_softcapping) if k else None
 
     def close(self) -> None:

@@ -170,3 +170,17 @@ def test_a_version_2_bundle_still_loads(export_tiny, tmp_path):
 def test_default_context_is_the_smaller_of_4096_and_the_models(export_tiny):
     _, bundle = export_tiny(0, embed_std=1.0, max_position_embeddings=1024)
     assert gemma3n_rt.load(str(bundle)).context == 1024
+
+
+def test_head_rescore_without_a_hidden_output_is_a_one_line_error(export_tiny, tmp_path):
+    import json
+    from gemma3n_rt.errors import Gemma3nError
+    _, bundle = export_tiny(0, "int4", "int8", embed_std=1.0, head="int8")
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["quantization"]["head_rescore"] = 64      # an int8-head graph: no 'hidden' output
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Gemma3nError, match="no 'hidden' output") as e:
+        gemma3n_rt.load(str(bad), context=64)
+    assert "\n" not in str(e.value)
