@@ -101,20 +101,25 @@ def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importan
         def cost(q, scales, zp):
             return (np.square((q - zp[..., None]) * scales[..., None] - padded) * weight).sum(axis=2)
 
-        err = cost(q, scales, zp)
+        best = {"q": q, "scales": scales, "zp": zp, "err": cost(q, scales, zp)}
+
+        def consider(s, z):
+            """Quantize with scale s and zero point z; keep the blocks where that costs less."""
+            cq = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, top)
+            cerr = cost(cq, s, z)
+            better = cerr < best["err"]
+            best.update(q=np.where(better[..., None], cq, best["q"]), scales=np.where(better, s, best["scales"]),
+                        zp=np.where(better, z, best["zp"]), err=np.where(better, cerr, best["err"]))
+
         for shrink in SHRINKS:
             s = span * shrink / top
             centre = np.rint((lo + hi) / 2 / -s + top / 2)
             for z in (centre - 1, centre, centre + 1):
-                z = np.clip(z, 0, top)
-                cq = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, top)
-                cerr = cost(cq, s, z)
-                better = cerr < err
-                q = np.where(better[..., None], cq, q)
-                scales, zp, err = np.where(better, s, scales), np.where(better, z, zp), np.where(better, cerr, err)
+                consider(s, np.clip(z, 0, top))
         for _ in range(REFITS):
             # the best levels so far, refit: weighted least squares for scale and offset, the zero
             # point rounded, the scale fit again for it (llama.cpp's make_qkx2_quants, integer zero)
+            q = best["q"]
             total = weight.sum(axis=1)
             mean_q = (q * weight).sum(axis=2) / total
             mean_w = (padded * weight).sum(axis=2) / total
@@ -124,12 +129,8 @@ def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importan
             z = np.clip(np.rint(mean_q - mean_w / np.where(s > 0, s, 1)), 0, top)
             lv = q - z[..., None]
             s = (lv * padded * weight).sum(axis=2) / np.maximum((np.square(lv) * weight).sum(axis=2), 1e-30)
-            s = np.where(s > 0, s, scales)
-            cq = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, top)
-            cerr = cost(cq, s, z)
-            better = cerr < err
-            q = np.where(better[..., None], cq, q)
-            scales, zp, err = np.where(better, s, scales), np.where(better, z, zp), np.where(better, cerr, err)
+            consider(np.where(s > 0, s, best["scales"]), z)
+        q, scales, zp = best["q"], best["scales"], best["zp"]
     q, zp = q.astype(np.uint8), zp.astype(np.uint8)
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
