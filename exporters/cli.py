@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
                         f"table (default {DEFAULT_RECIPE.head_rescore}; 0: off)")
     p.add_argument("--calibration", metavar="TEXT_FILE", default=CALIBRATION_TEXT,
                    help="text whose activations weigh each int4 block's grid (default: a built-in text of about "
-                        "2,000 tokens; the decoder is exported once more at int8 to measure them)")
+                        "1,800 tokens; the decoder is exported once more at int8 to measure them)")
     p.add_argument("--no-calibration", dest="calibration", action="store_const", const=None,
                    help="int4 grids from each block's [min, max] alone (faster export, lower quality)")
     p.add_argument("--slices", help="MatFormer slices to include: 'all' (default: the full model and, for E4B, "
