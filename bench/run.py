@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -54,7 +55,7 @@ def bundle(shape: str, ckpt, work: str) -> str:
     from exporters.export import export
     from exporters.quantize import DEFAULT_RECIPE as r
     tag = f"int4-b{r.block_size}{'-asym' if r.asymmetric else ''}-head{r.head or 'int4'}" + "".join("-" + k for k in r.int8_linears)
-    out = os.path.join(work, shape, "bundle-" + tag)
+    out = os.path.join(work, shape, f"bundle-{tag}-{exporter_digest()}")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         src = ckpt()
         print(f"exporting {src} -> {out}", file=sys.stderr)
@@ -62,6 +63,19 @@ def bundle(shape: str, ckpt, work: str) -> str:
         export(src, out, "int4", show_progress=False, slices="E4B" if shape == "e4b" else None, force=True,
                calibration=None)
     return out
+
+
+def exporter_digest() -> str:
+    """A digest of the exporter's code: a bundle cached by an older exporter is not measured as
+    if it were this one's."""
+    import exporters
+    folder = os.path.dirname(exporters.__file__)
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:10]
 
 
 def gguf_q4(shape: str, ckpt, work: str) -> str:
@@ -154,11 +168,13 @@ def best(runs: list[dict]) -> dict:
 
 # -- reporting ------------------------------------------------------------------------------------
 def decode_bytes(runtime: str, path: str) -> int:
-    """Weight bytes a decode step reads: the slice's decoder weights (LM head included) for ours;
-    for llama.cpp every tensor but the PLE table (only one row of it is read per token)."""
+    """Weight bytes a decode step reads: for ours the largest slice's `decode_bytes` (the decoder
+    weights and LM head, the sparse FFN layers' rows at their density; FORMAT.md); for llama.cpp
+    every tensor but the PLE table (only one row of it is read per token)."""
     if runtime == "ours":
         with open(os.path.join(path, "manifest.json")) as f:
-            return max(s["weight_bytes"] for s in json.load(f)["slices"])
+            slices = json.load(f)["slices"]
+        return max(s.get("decode_bytes", s["weight_bytes"]) for s in slices)
     import gguf
     r = gguf.GGUFReader(path)
     skip = ("per_layer_token_embd",)

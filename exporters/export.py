@@ -152,11 +152,14 @@ class TextPart:
                 expose_head_input(graph, src.hidden_size)
             quantize_graph(graph, self.recipe, importance)
             graph_file = f"text/decoder.{plan.name}.onnx"
+            sizes: dict[str, int] = {}
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
                       disable=not show_progress) as bar:
-                weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar)
-            entries.append(slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant,
-                                       arch.effective_params(src, plan)))
+                weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar, sizes=sizes)
+            entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant, arch.effective_params(src, plan))
+            # a one-token step takes the sparse FFN branches: what it reads is less than what is mapped
+            entry["decode_bytes"] = graph.then_bytes(sizes)
+            entries.append(entry)
         store.close()
         shutil.copyfile(self.tokenizer, os.path.join(tmp, "tokenizer.model"))
         return self._manifest(self.recipe, entries, row_tables)
@@ -188,6 +191,7 @@ class TextPart:
         shutil.copyfile(self.tokenizer, os.path.join(scratch, "tokenizer.model"))
         plan = max(self.plans, key=lambda p: arch.effective_params(src, p))
         builder = arch.builder(src, self.weights, plan, self.plans)
+        builder.sparse_decode = False   # every linear's input is then a value of the main graph, tappable
         graph = builder.build()
         taps: dict[str, list[str]] = {}
         for lin in quantized_linears(graph, self.recipe, "int4"):

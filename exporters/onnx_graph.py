@@ -27,7 +27,8 @@ class WeightRef:
     no copy: MatFormer slices point into the same bytes)."""
     key: str                              # the stored tensor, shared by every graph that uses it
     lazy: Lazy                            # produces the whole stored tensor
-    rows: tuple[int, int] | None = None   # a range of its first dimension
+    rows: tuple[int, int] | None = None   # a range of its first dimension (of `shape`, if given)
+    shape: tuple[int, ...] | None = None  # the same bytes seen with another shape
 
 
 @dataclass
@@ -39,6 +40,17 @@ class Linear:
     rows: tuple[int, int] | None  # the output features used, a range of W's rows
 
 
+@dataclass
+class RowGather:
+    """A Gather of rows of a stored weight (W[idx], float), which quantization turns into a
+    gather of the quantized rows that dequantizes only them (GatherBlockQuantized)."""
+    node: onnx.NodeProto
+    key: str
+    source: Lazy
+    rows: tuple[int, int] | None
+    density: float    # the expected fraction of the rows one call gathers
+
+
 class Graph:
     def __init__(self, name: str):
         self.name = name
@@ -48,6 +60,8 @@ class Graph:
         self.consts: dict[str, np.ndarray] = {}   # small constants, stored inside the graph file
         self.weights: dict[str, WeightRef] = {}   # big tensors, stored as external data
         self.linears: dict[str, Linear] = {}
+        self.row_gathers: list[RowGather] = []
+        self._branches: dict[str, tuple] = {}    # If node name -> (then, else): (nodes, output) each
         self._scope: list[str] = []
         self._count: Counter = Counter()
         self._const_names: dict[tuple, str] = {}
@@ -89,10 +103,13 @@ class Graph:
             self.consts[name] = arr
         return self._const_names[key]
 
-    def weight(self, key: str, lazy: Lazy, rows: tuple[int, int] | None = None) -> str:
-        """Register an external weight (or a row range of one); using it again is fine."""
-        name = key if rows is None else f"{key}[{rows[0]}:{rows[1]}]"
-        ref = WeightRef(key, lazy, rows)
+    def weight(self, key: str, lazy: Lazy, rows: tuple[int, int] | None = None,
+               shape: tuple[int, ...] | None = None) -> str:
+        """Register an external weight (or a row range of one, or its bytes seen with another
+        shape); using it again is fine."""
+        name = key if shape is None else f"{key}@{'x'.join(map(str, shape))}"
+        name = name if rows is None else f"{name}[{rows[0]}:{rows[1]}]"
+        ref = WeightRef(key, lazy, rows, shape)
         if name in self.weights and self.weights[name].lazy is not lazy:
             raise AssertionError(f"two different weights named {name}")
         self.weights[name] = ref
@@ -108,9 +125,61 @@ class Graph:
         self.linears[name].nodes.append(self.nodes[-1])
         return y
 
+    def gather_rows(self, w: Lazy, key: str, idx: str, rows: tuple[int, int] | None = None,
+                    density: float = 1.0) -> str:
+        """w[idx] for a weight w [rows, in] and int64 indices idx [n] (below the row range's length):
+        [n, in], reading only those rows, about `density` of them."""
+        y = self.op("Gather", self.weight(key, w, rows), idx, axis=0)
+        self.row_gathers.append(RowGather(self.nodes[-1], key, w, rows, density))
+        return y
+
+    def cond(self, condition: str, then_branch, else_branch) -> str:
+        """An If node: each branch is a function that builds its nodes (which may use any value
+        or weight of the graph) and returns its one output."""
+        bodies = []
+        for build in (then_branch, else_branch):
+            outer, self.nodes = self.nodes, []
+            try:
+                out = build()
+                bodies.append((self.nodes, out))
+            finally:
+                self.nodes = outer
+        y = self.op("If", condition)
+        self._branches[self.nodes[-1].name] = tuple(bodies)
+        return y
+
+    def then_bytes(self, sizes: dict[str, int]) -> int:
+        """Weight bytes one run reads when every If takes its then-branch, the weights' bytes given by
+        initializer name; a weight only gathered from counts at the gathers' density."""
+        nodes = [n for n in self.nodes if n.name not in self._branches]
+        nodes += [n for name in self._branches for n in self._branches[name][0][0]]
+        density = {g.node.input[0]: g.density for g in self.row_gathers}
+        for g in self.row_gathers:   # quantized gathers read their scales and zero points alike
+            for name in g.node.input[2:]:
+                density[name] = g.density
+        used = {name for n in nodes for name in n.input if name in sizes}
+        gathered_only = {name for name in used if name in density
+                         and not any(name in n.input for n in nodes if n.op_type not in ("Gather", "GatherBlockQuantized"))}
+        return (sum(sizes[name] for name in used - gathered_only)
+                + sum(round(sizes[name] * density[name]) for name in gathered_only))
+
+    def _with_branches(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        """The If node with its subgraphs, made from the branch node lists as they are now (the
+        quantization pass rewrites nodes in place after building)."""
+        if node.name not in self._branches:
+            return node
+        full = onnx.NodeProto()
+        full.CopyFrom(node)
+        for attr, (nodes, out) in zip(("then_branch", "else_branch"), self._branches[node.name]):
+            body = helper.make_graph([self._with_branches(n) for n in nodes], f"{node.name}/{attr}", [],
+                                     [helper.make_tensor_value_info(out, FLOAT, None)])
+            full.attribute.append(helper.make_attribute(attr, body))
+        return full
+
     def make_model(self, initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
         consts = [numpy_helper.from_array(a, n) for n, a in self.consts.items()]
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, consts + initializers)
+        graph = helper.make_graph([self._with_branches(n) for n in self.nodes], self.name, self.inputs, self.outputs,
+                                  consts + initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
                                   producer_name="gemma3n-export")
         model.ir_version = 10

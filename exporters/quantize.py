@@ -189,22 +189,88 @@ def quantized_linears(graph: Graph, recipe: QuantRecipe, *modes: str) -> list[Li
 
 
 def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str, np.ndarray] | None = None) -> None:
-    """Rewrite every large enough linear of `graph` as MatMulNBits, in place. `importance`: per
-    stored tensor key, its input features' calibration weights (calibrate.py), used by int4 with
-    zero points; the calibration covers every int4 linear of the largest slice, so of all slices."""
+    """Rewrite every large enough linear of `graph` as MatMulNBits, and every gather of a weight's
+    rows as GatherBlockQuantized on the same bytes, in place. `importance`: per stored tensor key,
+    its input features' calibration weights (calibrate.py), used by int4 with zero points; the
+    calibration covers every int4 linear of the largest slice, so of all slices."""
     recipe = QuantRecipe(recipe) if isinstance(recipe, str) else recipe
     int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
+    done: dict[str, QuantizedWeight] = {}
     for lin in quantized_linears(graph, recipe, "int4", "int8"):
         imp = None
         # the head is applied to one position per chunk: too few samples to weigh it by
         if importance is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
             imp = importance.get(lin.key)
             assert imp is not None and imp.shape == (lin.source.shape[1],), f"calibration missed {lin.key}"
-        _quantize_linear(graph, lin, MODES[recipe.mode_of(lin.key)], recipe, imp)
+        done[lin.key] = qw = quantized_weight(lin.source, lin.key, MODES[recipe.mode_of(lin.key)], recipe, imp)
+        del graph.weights[lin.weight]
+        parts = qw.inputs(graph, lin.rows)
+        for node in lin.nodes:
+            node.CopyFrom(helper.make_node(
+                "MatMulNBits", [node.input[0], *parts], list(node.output), name=node.name + "NBits",
+                domain=MS_DOMAIN, K=qw.k, N=qw.rows(lin.rows), bits=qw.bits, block_size=qw.block,
+                accuracy_level=recipe.accuracy_level))
+    for gather in graph.row_gathers:
+        mode = recipe.mode_of(gather.key)
+        if mode not in MODES or min(gather.source.shape) < MIN_DIM:
+            continue
+        # rows of a quantized linear are gathered from its own bytes; other tensors get their own
+        qw = done.get(gather.key) or quantized_weight(gather.source, gather.key, MODES[mode], recipe, None)
+        assert qw.k % qw.block == 0, f"{gather.key}: gathered rows need whole blocks"
+        graph.weights.pop(gather.node.input[0], None)
+        parts = qw.inputs(graph, gather.rows, as_rows=True)
+        node = gather.node
+        node.CopyFrom(helper.make_node(
+            "GatherBlockQuantized", [parts[0], node.input[1], *parts[1:]], list(node.output), name=node.name + "BlockQuantized",
+            domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=qw.block, bits=qw.bits))
 
 
-def _quantize_linear(graph: Graph, lin: Linear, bits: int, recipe: QuantRecipe, importance: np.ndarray | None) -> None:
-    n, k = lin.source.shape
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """W [n, k] quantized in MatMulNBits' layout: packed values [n, blocks, blob], scales
+    [n * blocks] and (asymmetric) packed zero points [n * zp_bytes], produced together on demand."""
+    key: str
+    n: int
+    k: int
+    bits: int
+    block: int
+    q: Lazy
+    scales: Lazy
+    zero_points: Lazy | None
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.k // self.block)
+
+    @property
+    def zp_bytes(self) -> int:
+        return -(-self.blocks * self.bits // 8)
+
+    def rows(self, rows: tuple[int, int] | None) -> int:
+        return self.n if rows is None else rows[1] - rows[0]
+
+    def inputs(self, graph: Graph, rows: tuple[int, int] | None, as_rows: bool = False) -> list[str]:
+        """The initializers for a range of W's rows: MatMulNBits' shapes, or with `as_rows` one
+        row of bytes per row of W (GatherBlockQuantized's shapes, the same bytes)."""
+        n, blocks = self.n, self.blocks
+        per_row = {"q": self.blocks * self.block * self.bits // 8, "scales": blocks, "zero_points": self.zp_bytes}
+        names = []
+        for part, lazy in (("q", self.q), ("scales", self.scales), ("zero_points", self.zero_points)):
+            if lazy is None:
+                continue
+            if as_rows:
+                names.append(graph.weight(lazy.name, lazy, rows, (n, per_row[part])))
+            elif part == "q":
+                names.append(graph.weight(lazy.name, lazy, rows))
+            else:   # flat: a range of rows is a range of the flat vector
+                flat = None if rows is None else (rows[0] * per_row[part], rows[1] * per_row[part])
+                names.append(graph.weight(lazy.name, lazy, flat))
+        return names
+
+
+def quantized_weight(source: Lazy, key: str, bits: int, recipe: QuantRecipe,
+                     importance: np.ndarray | None) -> QuantizedWeight:
+    n, k = source.shape
     block, asym = recipe.block_size, recipe.asymmetric
     blocks = -(-k // block)
     zp_bytes = -(-blocks * bits // 8)
@@ -214,20 +280,11 @@ def _quantize_linear(graph: Graph, lin: Linear, bits: int, recipe: QuantRecipe, 
         # the parts are written one after another: the source is read and quantized once
         if name not in cache:
             cache.clear()
-            cache.update(quantize_rows(lin.source, bits, block, asym, importance=importance))
+            cache.update(quantize_rows(source, bits, block, asym, importance=importance))
         return cache.pop(name)
 
-    a, b = lin.rows or (0, n)
-    del graph.weights[lin.weight]
-    inputs = [graph.weight(f"{lin.key}.q{bits}", Lazy(f"{lin.key}.q{bits}", (n, blocks, block * bits // 8),
-                                                       lambda: part("q")), lin.rows),
-              graph.weight(f"{lin.key}.scales", Lazy(f"{lin.key}.scales", (n * blocks,), lambda: part("scales")),
-                           None if lin.rows is None else (a * blocks, b * blocks))]
-    if asym:
-        inputs.append(graph.weight(f"{lin.key}.zero_points", Lazy(f"{lin.key}.zero_points", (n * zp_bytes,),
-                                                                  lambda: part("zero_points")),
-                                   None if lin.rows is None else (a * zp_bytes, b * zp_bytes)))
-    for node in lin.nodes:
-        node.CopyFrom(helper.make_node(
-            "MatMulNBits", [node.input[0], *inputs], list(node.output), name=node.name + "NBits",
-            domain=MS_DOMAIN, K=k, N=b - a, bits=bits, block_size=block, accuracy_level=recipe.accuracy_level))
+    return QuantizedWeight(
+        key, n, k, bits, block,
+        Lazy(f"{key}.q{bits}", (n, blocks, block * bits // 8), lambda: part("q")),
+        Lazy(f"{key}.scales", (n * blocks,), lambda: part("scales")),
+        Lazy(f"{key}.zero_points", (n * zp_bytes,), lambda: part("zero_points")) if asym else None)

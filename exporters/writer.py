@@ -53,12 +53,18 @@ ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint8): Tenso
               np.dtype(np.int64): TensorProto.INT64}
 
 
-def write_graph(graph: Graph, onnx_path: str, store: WeightStore, progress=None) -> int:
-    """Write the graph file, its weights going to `store`. Returns the bytes of weights it uses."""
+def write_graph(graph: Graph, onnx_path: str, store: WeightStore, progress=None,
+                sizes: dict[str, int] | None = None) -> int:
+    """Write the graph file, its weights going to `store`. Returns the bytes of weights it uses;
+    `sizes`, if given, gets each initializer's bytes."""
     location = os.path.relpath(store.path, os.path.dirname(onnx_path))
-    initializers, used = [], 0
+    initializers, spans = [], []
     for name, ref in graph.weights.items():
         offset, length, dtype, shape = store.add(ref.key, ref.lazy)
+        if ref.shape is not None:   # the same bytes, another shape
+            if int(np.prod(ref.shape)) != int(np.prod(shape)):
+                raise AssertionError(f"{name}: shape {ref.shape} is not a view of {ref.key} {shape}")
+            shape = ref.shape
         if ref.rows is not None:   # a view: a range of rows is a range of bytes
             a, b = ref.rows
             row_bytes = length // shape[0]
@@ -68,11 +74,23 @@ def write_graph(graph: Graph, onnx_path: str, store: WeightStore, progress=None)
         for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
             tensor.external_data.add(key=k, value=v)
         initializers.append(tensor)
-        used += length
+        spans.append((offset, offset + length))
+        if sizes is not None:
+            sizes[name] = length
         if progress is not None:
             progress.update(1)
     onnx.save_model(graph.make_model(initializers), onnx_path)
-    return used
+    return _covered(spans)
+
+
+def _covered(spans: list[tuple[int, int]]) -> int:
+    """Bytes covered by the [start, end) spans: two views of the same bytes count once."""
+    total, end = 0, 0
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def write_row_table(path: str, source: Lazy, groups: int, dtype: str, chunk_rows: int = 4096, progress=None) -> None:

@@ -194,7 +194,7 @@ def test_export_out_not_empty_then_force(capsys, good_ckpt, tmp_path):
 def _fail_after_row_tables(monkeypatch):
     import exporters.export
 
-    def write_graph(graph, onnx_path, store, progress=None):
+    def write_graph(graph, onnx_path, store, progress=None, sizes=None):
         text = os.path.dirname(onnx_path)
         assert os.path.isfile(os.path.join(text, "embed.safetensors"))
         assert os.path.isfile(os.path.join(text, "ple.safetensors"))
