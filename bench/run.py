@@ -2,7 +2,7 @@
 and measured, optionally side by side with llama.cpp on the same weights, in one run.
 
     python -m bench.run --shape e2b|e4b|gemma3-270m [--compare llama.cpp] [--cap 1.6GB]
-                        [--ple-in-ram] [--threads 2] [--runs 2] [--work DIR] [--out DIR]
+                        [--ple-in-ram] [--prefill-int8] [--threads 2] [--runs 2] [--work DIR] [--out DIR]
 
 Every measurement is a fresh process (bench/worker.py) whose RssAnon/RssFile this process samples;
 runtimes and prompt lengths are interleaved and each figure is the best of --runs (the machine may
@@ -50,18 +50,19 @@ def checkpoint(shape: str, work: str) -> str:
     return out
 
 
-def bundle(shape: str, ckpt, work: str) -> str:
+def bundle(shape: str, ckpt, work: str, prefill_int8: bool = False) -> str:
     """The exported bundle, cached; `ckpt()` gives the checkpoint, called only when exporting."""
     from exporters.export import export
     from exporters.quantize import DEFAULT_RECIPE as r
     tag = f"int4-b{r.block_size}{'-asym' if r.asymmetric else ''}-head{r.head or 'int4'}" + "".join("-" + k for k in r.int8_linears)
+    tag += "-prefill-int8" if prefill_int8 else ""
     out = os.path.join(work, shape, f"bundle-{tag}-{exporter_digest()}")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         src = ckpt()
         print(f"exporting {src} -> {out}", file=sys.stderr)
         # random weights: calibration would change values, not bytes or speed, and double the export time
         export(src, out, "int4", show_progress=False, slices="E4B" if shape == "e4b" else None, force=True,
-               calibration=None)
+               calibration=None, prefill_int8=prefill_int8)
     return out
 
 
@@ -294,6 +295,8 @@ def main(argv=None) -> None:
     p.add_argument("--compare", choices=("llama.cpp",))
     p.add_argument("--cap", help="also decode inside a memory cgroup of this size, e.g. 1.6GB")
     p.add_argument("--ple-in-ram", action="store_true", help="also run ours with the PLE table read into memory")
+    p.add_argument("--prefill-int8", action="store_true",
+                   help="export ours with gemma3n-export --prefill-int8 (int8 matmuls for prompts)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--decode", type=int, default=DECODE, help="tokens decoded after the 512-token prompt")
     p.add_argument("--runs", type=int, default=2, help="interleaved repetitions; each figure is the best")
@@ -307,9 +310,11 @@ def main(argv=None) -> None:
     cap_bytes = parse_bytes(a.cap, "--cap") if a.cap else None
     if a.ple_in_ram and a.shape == "gemma3-270m":
         p.error("--ple-in-ram: Gemma 3 has no PLE table")
+    if a.prefill_int8 and a.shape == "gemma3-270m":
+        p.error("--prefill-int8: Gemma 3n shapes only")
     # made on first need: once the bundle and the GGUF exist, the checkpoint may be deleted
     ckpt = functools.cache(lambda: checkpoint(a.shape, a.work))
-    runtimes = {"ours": bundle(a.shape, ckpt, a.work)}
+    runtimes = {"ours": bundle(a.shape, ckpt, a.work, a.prefill_int8)}
     if a.compare:
         runtimes["llama.cpp"] = gguf_q4(a.shape, ckpt, a.work)
     bandwidth = memory_bandwidth()
@@ -347,7 +352,7 @@ def main(argv=None) -> None:
     table = summarize(results, runtimes, bandwidth, prompts)
     md = markdown(a.shape, table, bandwidth, a, commit, prompts)
     os.makedirs(a.out, exist_ok=True)
-    base = os.path.join(a.out, f"bench-{a.shape}")
+    base = os.path.join(a.out, f"bench-{a.shape}" + ("-prefill-int8" if a.prefill_int8 else ""))
     with open(base + ".json", "w") as f:
         json.dump({"shape": a.shape, "commit": commit, "threads": a.threads, "runs": a.runs, "decode": a.decode,
                    "prompts": prompts, "bandwidth": bandwidth,

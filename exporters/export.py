@@ -56,11 +56,13 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
            force: bool = False, show_progress: bool = True, slices: str | None = None, custom=(),
            vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
            head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None,
-           calibration: str | None = CALIBRATION_TEXT, head_rescore: int | None = None) -> dict:
+           calibration: str | None = CALIBRATION_TEXT, head_rescore: int | None = None,
+           prefill_int8: bool = False) -> dict:
     """`block_size`, `head`, `asymmetric`, `int8_linears` and `head_rescore` default to DEFAULT_RECIPE's
     (quantize.py). `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain
     min-max grids). `head_rescore`: with an int4 head, how many top logits the runtime recomputes
-    from the embedding row table (gemma3n_rt/head.py; 0: none)."""
+    from the embedding row table (gemma3n_rt/head.py; 0: none). `prefill_int8`: prompt chunks run
+    the FFN as int8 x int8 matmuls on int8 copies of its weights (QuantRecipe.prefill_int8)."""
     started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
@@ -74,6 +76,10 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         recipe = replace(recipe, head_rescore=DEFAULT_RECIPE.head_rescore if head_rescore is None else head_rescore)
     elif head_rescore:
         raise Gemma3nError(f"--head-rescore recomputes an int4 head's top logits; the head here is {recipe.mode_of(HEAD)}")
+    if prefill_int8:
+        if quant == "fp32":
+            raise Gemma3nError("--prefill-int8 needs --quant int4 or int8")
+        recipe = replace(recipe, prefill_int8=True)
     if recipe.head_rescore < 0:
         raise Gemma3nError(f"--head-rescore must be 0 or more, got {recipe.head_rescore}")
     if tables not in TABLE_DTYPES:
@@ -124,6 +130,8 @@ class TextPart:
         self.weights = self.arch.take_weights(ckpt, self.src)
         self.plans = self.arch.plans(self.src, slices, custom)
         self.recipe, self.quant, self.tables = recipe, recipe.mode, tables
+        if recipe.prefill_int8 and self.arch_name != "gemma3n":
+            raise Gemma3nError(f"--prefill-int8: Gemma 3n decoders only; {ckpt.dir} is {self.arch_name}")
         # importance-weighted grids exist for int4 with zero points (quantize.py)
         self.calibration = calibration if recipe.mode == "int4" and recipe.asymmetric else None
         self.calibrated = None
@@ -147,6 +155,7 @@ class TextPart:
         entries = []
         for plan in tqdm(self.plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(self.plans) < 2):
             builder = arch.builder(src, weights, plan, self.plans)
+            builder.prefill_int8 = self.recipe.prefill_int8
             graph = builder.build()
             if self.recipe.head_rescore:
                 expose_head_input(graph, src.hidden_size)
@@ -174,7 +183,7 @@ class TextPart:
                              "asymmetric": recipe.asymmetric and quant != "fp32",
                              "int8_linears": list(recipe.int8_linears) if quant == "int4" else [],
                              "calibration": self.calibrated if quant == "int4" else None,
-                             "head_rescore": recipe.head_rescore},
+                             "head_rescore": recipe.head_rescore, "prefill_int8": recipe.prefill_int8},
             "tokenizer": "tokenizer.model",
             "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,

@@ -38,6 +38,7 @@ class Linear:
     key: str                      # stored tensor: W in PyTorch layout [out_features, in_features]
     source: Lazy
     rows: tuple[int, int] | None  # the output features used, a range of W's rows
+    int8_matmul: bool = False     # quantized, an int8 x int8 matmul on a transposed copy (prompt chunks)
 
 
 @dataclass
@@ -115,14 +116,16 @@ class Graph:
         self.weights[name] = ref
         return name
 
-    def linear(self, x: str, w: Lazy, key: str, rows: tuple[int, int] | None = None) -> str:
+    def linear(self, x: str, w: Lazy, key: str, rows: tuple[int, int] | None = None, int8_matmul: bool = False) -> str:
         """x @ w[a:b].T for a PyTorch-layout weight w [out, in] and x of rank 2: Gemm with transB,
-        so the stored layout is w itself and a range of output features is a range of bytes."""
+        so the stored layout is w itself and a range of output features is a range of bytes.
+        `int8_matmul`: quantization makes it an int8 x int8 matmul instead of MatMulNBits."""
         name = self.weight(key, w, rows)
-        if name not in self.linears:
-            self.linears[name] = Linear([], name, key, w, rows)
+        record = name + ("|int8_matmul" if int8_matmul else "")
+        if record not in self.linears:
+            self.linears[record] = Linear([], name, key, w, rows, int8_matmul)
         y = self.op("Gemm", x, name, transB=1)
-        self.linears[name].nodes.append(self.nodes[-1])
+        self.linears[record].nodes.append(self.nodes[-1])
         return y
 
     def gather_rows(self, w: Lazy, key: str, idx: str, rows: tuple[int, int] | None = None,

@@ -31,6 +31,7 @@ class QuantRecipe:
     int8_linears: tuple[str, ...] = ()  # with int4: linears named so (e.g. "down_proj", any layer) stay int8
     accuracy_level: int = 4            # MatMulNBits: 4 = int8 activations (about 2x the speed of 0)
     head_rescore: int = 0              # with an int4 head: its top logits recomputed (gemma3n_rt/head.py)
+    prefill_int8: bool = False         # prompt chunks: the FFN as int8 x int8 matmuls on int8 copies
 
     def mode_of(self, key: str) -> str:
         if key == HEAD and self.head:
@@ -197,13 +198,16 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str
     int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
     done: dict[str, QuantizedWeight] = {}
     for lin in quantized_linears(graph, recipe, "int4", "int8"):
+        if lin.int8_matmul:
+            _int8_matmul(graph, lin)
+            continue
         imp = None
         # the head is applied to one position per chunk: too few samples to weigh it by
         if importance is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
             imp = importance.get(lin.key)
             assert imp is not None and imp.shape == (lin.source.shape[1],), f"calibration missed {lin.key}"
         done[lin.key] = qw = quantized_weight(lin.source, lin.key, MODES[recipe.mode_of(lin.key)], recipe, imp)
-        del graph.weights[lin.weight]
+        graph.weights.pop(lin.weight, None)
         parts = qw.inputs(graph, lin.rows)
         for node in lin.nodes:
             node.CopyFrom(helper.make_node(
@@ -223,6 +227,33 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str
         node.CopyFrom(helper.make_node(
             "GatherBlockQuantized", [parts[0], node.input[1], *parts[1:]], list(node.output), name=node.name + "BlockQuantized",
             domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=qw.block, bits=qw.bits))
+
+
+def _int8_matmul(graph: Graph, lin: Linear) -> None:
+    """x @ W[a:b].T as DynamicQuantizeMatMul: W's rows quantized to int8 with a scale each and
+    stored transposed [K, b - a]; x quantized per chunk at run time. onnxruntime runs it as an int8
+    GEMM (AMX or VNNI where the CPU has them), many times faster than MatMulNBits on a prompt."""
+    n, k = lin.source.shape
+    a, b = lin.rows or (0, n)
+    name = f"{lin.key}.int8T" + ("" if lin.rows is None else f".{a}:{b}")
+    cache: dict[str, np.ndarray] = {}
+
+    def part(which: str) -> np.ndarray:
+        if which not in cache:
+            cache.clear()
+            w = lin.source.rows(a, b)
+            scales = np.abs(w).max(axis=1) / 127
+            scales[scales == 0] = 1.0
+            q = np.clip(np.rint(w / scales[:, None]), -127, 127).astype(np.int8)
+            cache.update(q=np.ascontiguousarray(q.T), scales=scales.astype(np.float32))
+        return cache.pop(which)
+
+    graph.weights.pop(lin.weight, None)
+    q = graph.weight(name, Lazy(name, (k, b - a), lambda: part("q")))
+    scales = graph.weight(name + ".scales", Lazy(name + ".scales", (b - a,), lambda: part("scales")))
+    for node in lin.nodes:
+        node.CopyFrom(helper.make_node("DynamicQuantizeMatMul", [node.input[0], q, scales], list(node.output),
+                                       name=node.name + "Int8", domain=MS_DOMAIN))
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,7 @@ def cache_table(src: Gemma3nSource, plan: SlicePlan) -> tuple[list[CacheSpec], d
 
 class DecoderBuilder(DecoderGraph):
     sparse_decode = True   # one-token steps of sparse FFN layers read only the active rows
+    prefill_int8 = False   # prompt chunks run the FFN as int8 x int8 matmuls (QuantRecipe.prefill_int8)
 
     def __init__(self, src: Gemma3nSource, weights: dict[str, Lazy], plan: SlicePlan,
                  chunks: dict[int, tuple[int, ...]] | None = None):
@@ -205,44 +206,64 @@ class DecoderBuilder(DecoderGraph):
 
     def mlp(self, x: str, layer: int, width: int) -> str:
         """down(gelu(sparsify(gate(x))) * up(x)) at FFN width `width`: gate/up use their first
-        `width` rows; down_proj is the sum of the stored column chunks below `width`."""
-        g, p = self.g, f"layers.{layer}.mlp."
-        full = self.src.intermediate_sizes[layer]
-        rows = None if width == full else (0, width)
-        gate = self.g.linear(x, self.w[p + "gate_proj"], p + "gate_proj", rows)
-        sparsity = self.src.activation_sparsity[layer]
-        if sparsity <= 0:
-            return self.down(g.op("Mul", g.op("Gelu", gate, approximate="tanh"), self.up(x, layer, rows)), layer, width)
-        # gaussian top-k over the sliced width
-        mean = self.mean_last(gate)
-        std = g.op("Sqrt", self.mean_last(g.op("Pow", g.op("Sub", gate, mean), g.const(2.0))))
-        cutoff = g.op("Add", mean, g.op("Mul", std, g.const(std_multiplier(sparsity))))
-        act = g.op("Gelu", g.op("Relu", g.op("Sub", gate, cutoff)), approximate="tanh")   # [T, width], mostly 0
-        dense = lambda: self.down(g.op("Mul", act, self.up(x, layer, rows)), layer, width)
-        if not self.sparse_decode:
-            return dense()
+        `width` rows; down_proj is the sum of the stored column chunks below `width`. Where a
+        one-token step or a prompt chunk computes it differently, an If on T == 1 holds both."""
+        rows_only = self.src.activation_sparsity[layer] > 0 and self.sparse_decode
+        if not (rows_only or self.prefill_int8):
+            return self.ffn(x, layer, width)
+        g = self.g
         one_token = g.op("Squeeze", g.op("Equal", g.op("Shape", x, start=0, end=1), g.const([1], np.int64)))
-        return g.cond(one_token, lambda: self.sparse_mlp(x, act, layer, width), dense)
+        return g.cond(one_token, lambda: self.ffn(x, layer, width, active_rows=rows_only),
+                      lambda: self.ffn(x, layer, width, int8_matmul=self.prefill_int8))
 
-    def up(self, x: str, layer: int, rows: tuple[int, int] | None) -> str:
-        key = f"layers.{layer}.mlp.up_proj"
-        return self.g.linear(x, self.w[key], key, rows)
+    def ffn(self, x: str, layer: int, width: int, active_rows: bool = False, int8_matmul: bool = False) -> str:
+        """The FFN; `active_rows`: of one token, reading only the rows its sparse activation uses;
+        `int8_matmul`: with int8 x int8 matmuls (quantize.py), for prompt chunks."""
+        g = self.g
+        gate = self.in_proj(x, layer, "gate_proj", width, int8_matmul)
+        sparsity = self.src.activation_sparsity[layer]
+        if sparsity > 0:   # gaussian top-k over the sliced width
+            mean = self.mean_last(gate)
+            std = g.op("Sqrt", self.mean_last(g.op("Pow", g.op("Sub", gate, mean), g.const(2.0))))
+            cutoff = g.op("Add", mean, g.op("Mul", std, g.const(std_multiplier(sparsity))))
+            gate = g.op("Relu", g.op("Sub", gate, cutoff))
+        act = g.op("Gelu", gate, approximate="tanh")    # [T, width]; with sparsity mostly 0
+        if active_rows:
+            return self.sparse_mlp(x, act, layer, width)
+        return self.down(g.op("Mul", act, self.in_proj(x, layer, "up_proj", width, int8_matmul)), layer, width, int8_matmul)
 
-    def down(self, h: str, layer: int, width: int) -> str:
-        g, p = self.g, f"layers.{layer}.mlp."
+    def in_proj(self, x: str, layer: int, name: str, width: int, int8_matmul: bool) -> str:
+        """gate_proj or up_proj at width `width`. Their int8 matmul copies are stored transposed, where
+        a width prefix is not a byte range: one copy per chunk of down_proj's boundaries, shared by
+        every slice, and the chunks' outputs concatenated."""
+        g, key = self.g, f"layers.{layer}.mlp.{name}"
         full = self.src.intermediate_sizes[layer]
+        if not int8_matmul:
+            return g.linear(x, self.w[key], key, None if width == full else (0, width))
+        bounds = self.bounds(layer, width)
+        parts = [g.linear(x, self.w[key], key, None if (a, b) == (0, full) else (a, b), int8_matmul=True)
+                 for a, b in zip(bounds, bounds[1:])]
+        return parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=-1)
+
+    def bounds(self, layer: int, width: int) -> list[int]:
         bounds = [b for b in self.chunks[layer] if b <= width]
         if width not in bounds:
             raise AssertionError(f"layer {layer}: width {width} is not a chunk boundary {self.chunks[layer]}")
+        return bounds
+
+    def down(self, h: str, layer: int, width: int, int8_matmul: bool = False) -> str:
+        g, p = self.g, f"layers.{layer}.mlp."
+        full = self.src.intermediate_sizes[layer]
+        bounds = self.bounds(layer, width)
         if bounds == [0, full]:
-            return self.g.linear(h, self.w[p + "down_proj"], p + "down_proj")
+            return self.g.linear(h, self.w[p + "down_proj"], p + "down_proj", int8_matmul=int8_matmul)
         down = self.w[p + "down_proj"]
         parts = []
         for a, b in zip(bounds, bounds[1:]):
             key = f"{p}down_proj.{a}:{b}"
             chunk = self.w.setdefault(key, down.map(lambda m, a=a, b=b: np.ascontiguousarray(m[:, a:b]), (down.shape[0], b - a), key))
             part = h if len(bounds) == 2 else g.op("Slice", h, g.const([a], np.int64), g.const([b], np.int64), g.const([1], np.int64))
-            parts.append(self.g.linear(part, chunk, key))
+            parts.append(self.g.linear(part, chunk, key, int8_matmul=int8_matmul))
         return parts[0] if len(parts) == 1 else g.op("Sum", *parts)
 
     def sparse_mlp(self, x: str, act: str, layer: int, width: int) -> str:

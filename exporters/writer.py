@@ -50,7 +50,7 @@ class WeightStore:
 
 
 ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint8): TensorProto.UINT8,
-              np.dtype(np.int64): TensorProto.INT64}
+              np.dtype(np.int8): TensorProto.INT8, np.dtype(np.int64): TensorProto.INT64}
 
 
 def write_graph(graph: Graph, onnx_path: str, store: WeightStore, progress=None,

@@ -223,6 +223,12 @@ def test_export_failing_midway_keeps_old_bundle(capsys, good_ckpt, export_tiny, 
     Bundle.open(out).verify()
 
 
+def test_export_prefill_int8_needs_quantized_weights(capsys, good_ckpt, tmp_path):
+    assert export(capsys, good_ckpt, tmp_path / "out", "--quant", "fp32", "--prefill-int8") == 2
+    one_line_error(capsys, "gemma3n-export", "--prefill-int8", "int4 or int8")
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_usage_error(capsys, tmp_path):
     usage_error(capsys, export_cli.main, [str(tmp_path), str(tmp_path / "o"), "--quant", "int3"], "--quant")
     usage_error(capsys, export_cli.main, [str(tmp_path), str(tmp_path / "o"), "--block-size", "33"], "--block-size")

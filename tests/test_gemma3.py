@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import gemma3n_rt
+from gemma3n_rt.errors import Gemma3nError
 from exporters.export import export
 from hf_reference import reference_greedy, reference_logits
 
@@ -53,6 +54,18 @@ def test_gemma3_matches_reference(gemma3_bundle):
         ours, theirs = model.next_token_logits(ids[:n]), reference_logits(ref, ids[:n])
         assert np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)) < 1e-4
     assert model.generate_ids(ids[:20], 24, stop_ids=(), temperature=0) == reference_greedy(ref, ids[:20], 24)
+
+
+def test_gemma3_refuses_prefill_int8(tmp_path, demo_tokenizer_path):
+    """--prefill-int8 is built for Gemma 3n's FFN; a Gemma 3 export asking for it is refused, not ignored."""
+    model = tiny_gemma3(0)
+    save_file({k: v.numpy().copy() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+              str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    shutil.copyfile(demo_tokenizer_path, tmp_path / "tokenizer.model")
+    with pytest.raises(Gemma3nError, match="--prefill-int8: Gemma 3n decoders only"):
+        export(str(tmp_path), str(tmp_path / "out"), quant="int8", show_progress=False, prefill_int8=True)
+    assert not (tmp_path / "out").exists()
 
 
 def test_gemma3_has_no_matformer_slices(gemma3_bundle, tmp_path):

@@ -132,7 +132,7 @@ def gathered_weights(graph: onnx.GraphProto) -> list[list[str]]:
     for node in (n for n in graph.node if n.op_type == "If"):
         then = next(a.g for a in node.attribute if a.name == "then_branch")
         ops = [n.op_type for n in then.node]
-        assert "NonZero" in ops and "MatMulNBits" not in ops
+        assert "NonZero" in ops and ops.count("MatMulNBits") <= 1    # the gate's, computed in full
         out.append(sorted(re.sub(r"(\.q\d)?(@[\dx]+)?(\[\d+:\d+\])?$", "", n.input[0]) for n in then.node
                           if n.op_type in ("Gather", "GatherBlockQuantized") and ".mlp." in n.input[0]))
     return out
@@ -161,3 +161,26 @@ def test_one_token_step_reads_only_the_active_ffn_rows(export_tiny, quant):
         assert rel_err(step, dense) < 1e-5
     else:   # the dense branch's MatMulNBits also round the activations to int8 (accuracy_level 4)
         assert rel_err(step, ref) <= 1.05 * rel_err(dense, ref)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_prefill_int8_keeps_quality(export_tiny, quant):
+    """--prefill-int8: prompt chunks run the FFN as DynamicQuantizeMatMul on int8 copies (their
+    activations quantized per chunk); one-token steps keep the usual kernels. Teacher-forced, every
+    step here is a prompt, so this measures the int8 matmuls: close to the bundle without them.
+    Measured: int8 mean KL 0.00283 against 0.00223 (agreement 0.990 both); int4 0.0700 against
+    0.0692 (agreement 0.949 against 0.929)."""
+    _, bundle = export_tiny(0, quant, tables="int8", embed_std=1.0, prefill_int8=True)
+    entry = json.loads((bundle / "manifest.json").read_text())
+    assert entry["quantization"]["prefill_int8"] is True
+    graph = onnx.load(str(bundle / entry["slices"][0]["graph"]), load_external_data=False).graph
+    for node in (n for n in graph.node if n.op_type == "If"):
+        then, other = ([n.op_type for n in a.g.node] for a in sorted(node.attribute, key=lambda a: a.name != "then_branch"))
+        assert "DynamicQuantizeMatMul" not in then and other.count("DynamicQuantizeMatMul") == 3   # gate, up, down
+    assert sum(n.op_type == "If" for n in graph.node) == 10          # every layer's FFN
+    agree, kls = agreement_and_kl(export_tiny, quant, prefill_int8=True)
+    base_agree, base_kls = agreement_and_kl(export_tiny, quant)
+    print(f"{quant} --prefill-int8: agreement {np.mean(agree):.3f} (without: {np.mean(base_agree):.3f}), "
+          f"mean KL {np.mean(kls):.5f} (without: {np.mean(base_kls):.5f})")
+    assert np.mean(agree) >= np.mean(base_agree) - 0.03
+    assert np.mean(kls) <= 1.1 * np.mean(base_kls) + 0.001     # + the activations' int8 rounding
