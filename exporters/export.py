@@ -165,7 +165,8 @@ class TextPart:
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
                       disable=not show_progress) as bar:
                 weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar, sizes=sizes)
-            entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant, arch.effective_params(src, plan))
+            entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant, arch.effective_params(src, plan),
+                                graph.gathered_bytes(sizes))
             # a one-token step takes the sparse FFN branches: what it reads is less than what is mapped
             entry["decode_bytes"] = graph.then_bytes(sizes)
             entries.append(entry)
@@ -227,11 +228,11 @@ class TextPart:
 
 
 def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str,
-                effective: int) -> dict:
+                effective: int, gathered_bytes: int = 0) -> dict:
     """The manifest's catalog entry, with the memory ledger at 1K tokens of context for reference."""
     entry = {"name": plan.name, "graph": graph_file, "layers": list(plan.layers), "ffn_widths": list(plan.ffn_widths),
              "caches": [{"type": c.type, "source_layer": c.source_layer} for c in caches],
-             "effective_params": effective, "weight_bytes": weight_bytes}
+             "effective_params": effective, "weight_bytes": weight_bytes, "gathered_bytes": gathered_bytes}
     if "published_mmlu" in plan.meta:
         entry["published_mmlu"] = plan.meta["published_mmlu"]
         entry["published_effective_b"] = plan.meta["published_effective_b"]

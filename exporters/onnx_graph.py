@@ -151,6 +151,24 @@ class Graph:
         self._branches[self.nodes[-1].name] = tuple(bodies)
         return y
 
+    def _all_nodes(self, nodes=None) -> list[onnx.NodeProto]:
+        out = []
+        for n in self.nodes if nodes is None else nodes:
+            out.append(n)
+            for body, _ in self._branches.get(n.name, ()):
+                out += self._all_nodes(body)
+        return out
+
+    def gathered_bytes(self, sizes: dict[str, int]) -> int:
+        """Bytes of the weights that only row gathers read (onnxruntime maps them and never
+        prepacks them: they stay file-backed), given each initializer's bytes by name."""
+        readers: dict[str, set[str]] = {}
+        for n in self._all_nodes():
+            for name in n.input:
+                readers.setdefault(name, set()).add(n.op_type)
+        return sum(size for name, size in sizes.items()
+                   if readers.get(name) and readers[name] <= {"Gather", "GatherBlockQuantized"})
+
     def then_bytes(self, sizes: dict[str, int]) -> int:
         """Weight bytes one run reads when every If takes its then-branch, the weights' bytes given by
         initializer name; a weight only gathered from counts at the gathers' density."""

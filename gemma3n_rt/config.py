@@ -61,6 +61,7 @@ class SliceSpec:
     effective_params: int              # decoder parameters without the two embedding tables
     weight_bytes: int                  # decoder weights (LM head included) the graph loads
     published_mmlu: float | None = None   # Google's MMLU (pre-trained) for published slices
+    gathered_bytes: int = 0            # of those, read only by row gathers: mapped, never prepacked
 
     @classmethod
     def from_dict(cls, d: dict) -> "SliceSpec":

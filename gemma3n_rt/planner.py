@@ -23,7 +23,8 @@ TOKENIZER_BYTES_PER_PIECE = 208
 # keeps four copies of the hidden state, Gemma 3 one.
 ACTIVATION_FLOATS = {"gemma3n": (52, 25, 3), "gemma3": (16, 12, 4)}
 # ... but never below this: small models (hidden 256) hold about as much as twice their size
-ACTIVATION_FLOOR = 56 * MiB
+# (refit from 56 MiB when one-token attention stopped copying the caches)
+ACTIVATION_FLOOR = 52 * MiB
 ALIASES = {"2b": "E2B", "4b": "E4B"}
 # An encoder's resident bytes per weight byte and its workspace for one input, from the real-shape
 # towers (bench/vision_encoder.py, bench/audio_encoder.py: RssAnon + RssFile at the peak): fp32
@@ -36,7 +37,7 @@ ENCODER_WORKSPACE = {"image": 448 * MiB, "audio": 512 * MiB}
 @dataclass(frozen=True)
 class Ledger:
     slice: SliceSpec
-    weights: int          # decoder weights incl. the LM head, resident once loaded (prepacked)
+    weights: int          # decoder weights incl. the LM head, resident once loaded (prepacked; not the gathered ones)
     kv: int               # KV caches at the chosen context
     workspace: int        # activations of one prefill chunk, the session's fixed overhead, the tokenizer
 
@@ -53,7 +54,8 @@ def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: st
     per_hidden, per_ffn, per_score = ACTIVATION_FLOATS.get(cfg.architecture, ACTIVATION_FLOATS["gemma3n"])
     activations = max(ACTIVATION_FLOOR, 4 * t * (per_hidden * cfg.hidden_size + per_ffn * max(spec.ffn_widths)
                                                  + per_score * cfg.num_attention_heads * context))
-    weights = int(spec.weight_bytes * PREPACK.get(quant, 1.0))
+    # weights only gathered by rows stay mapped (file-backed); the rest is prepacked
+    weights = int((spec.weight_bytes - spec.gathered_bytes) * PREPACK.get(quant, 1.0))
     fixed = SESSION_OVERHEAD + 4 * cfg.vocab_size + TOKENIZER_BYTES_PER_PIECE * cfg.vocab_size
     return Ledger(spec, weights, kv, fixed + activations)
 
