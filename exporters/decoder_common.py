@@ -54,8 +54,6 @@ class DecoderGraph:
         for c, cache in enumerate(self.caches):
             shape = [f"past_{cache.type}", src.num_kv_heads, src.head_dim]
             past.append((g.input(f"past_key.{c}", FLOAT, shape), g.input(f"past_value.{c}", FLOAT, shape)))
-        # a one-token step (decoding) and a prompt chunk take different branches where that pays
-        self.one_token = g.op("Squeeze", g.op("Equal", g.op("Shape", x, start=0, end=1), g.const([1], np.int64)))
         return x, positions, past
 
     def rope(self, positions: str) -> dict[str, tuple[str, str]]:
@@ -119,48 +117,21 @@ class DecoderGraph:
                 v = self.rms_norm(v, None)
             g.output(k, f"new_key.{c}", FLOAT, ["T", KV, Dh])
             g.output(v, f"new_value.{c}", FLOAT, ["T", KV, Dh])
-            kv[c] = (past[c][0], k, past[c][1], v)              # K, V: [S_past, KV, Dh] and [T, KV, Dh]
+            unsq = g.const([1], np.int64)
+            keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0]), unsq)
+            values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2]), unsq)
+            kv[c] = (keys, values)                                                          # [KV,1,Dh,S], [KV,1,S,Dh]
+        keys, values = kv[c]
         # Query heads grouped by the KV head they read: head h uses KV head h // (H / KV).
-        qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, H // KV, Dh], np.int64)), perm=[1, 2, 0, 3])
-        out = g.cond(self.one_token, lambda: self.attend_one(qg, kv[c], masks[kind], scale),
-                     lambda: self.attend(qg, kv[c], masks[kind], scale))                     # [KV, G, T, Dh]
+        group = H // KV
+        qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, group, Dh], np.int64)), perm=[1, 2, 0, 3])
+        scores = g.op("MatMul", qg, keys)                                                   # [KV, G, T, S]
+        if scale != 1.0:
+            scores = g.op("Mul", scores, g.const(scale))
+        probs = g.op("Softmax", g.op("Add", scores, masks[kind]), axis=-1)
+        out = g.op("MatMul", probs, values)                                                 # [KV, G, T, Dh]
         out = g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
         return self.linear(out, p + "o_proj")
-
-    def attend(self, qg: str, cache: tuple, mask: str, scale: float) -> str:
-        """Queries [KV, G, T, Dh] of a prompt chunk over the cache and the chunk's K/V."""
-        g = self.g
-        past_k, k, past_v, v = cache
-        unsq = g.const([1], np.int64)
-        keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past_k, k, axis=0), perm=[1, 2, 0]), unsq)    # [KV,1,Dh,S]
-        values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past_v, v, axis=0), perm=[1, 0, 2]), unsq)  # [KV,1,S,Dh]
-        scores = g.op("MatMul", qg, keys)                                                  # [KV, G, T, S]
-        if scale != 1.0:
-            scores = g.op("Mul", scores, g.const(scale))
-        return g.op("MatMul", g.op("Softmax", g.op("Add", scores, mask), axis=-1), values)
-
-    def attend_one(self, qg: str, cache: tuple, mask: str, scale: float) -> str:
-        """One token's queries [KV, G, 1, Dh] over the cache without copying it. The cache
-        [S, KV, Dh] is read as [S, KV * Dh]; each KV head's queries sit in that head's Dh columns
-        of a block-diagonal [KV * G, KV * Dh] matrix (zeros elsewhere), so one Gemm scores every
-        head, and the heads' outputs are the diagonal blocks of probs @ V."""
-        g, KV, Dh = self.g, self.src.num_kv_heads, self.src.head_dim
-        past_k, k, past_v, v = cache
-        flat = lambda t: g.op("Reshape", t, g.const([0, KV * Dh], np.int64))
-        eye = g.const(np.eye(KV, dtype=np.float32).reshape(KV, 1, 1, KV, 1))
-        blocks = g.op("Reshape", g.op("Mul", g.op("Unsqueeze", qg, g.const([3], np.int64)), eye),
-                      g.const([-1, KV * Dh], np.int64))                                   # [KV * G, KV * Dh]
-        scores = g.op("Concat", g.op("Gemm", blocks, flat(past_k), transB=1), g.op("Gemm", blocks, flat(k), transB=1),
-                      axis=-1)                                                             # [KV * G, S]
-        if scale != 1.0:
-            scores = g.op("Mul", scores, g.const(scale))
-        probs = g.op("Softmax", g.op("Add", scores, mask), axis=-1)                        # mask [1, S]
-        n_past = g.op("Shape", past_k, start=0, end=1)
-        big, axis = g.const([2**62], np.int64), g.const([1], np.int64)
-        out = g.op("Add", g.op("MatMul", g.op("Slice", probs, g.const([0], np.int64), n_past, axis), flat(past_v)),
-                   g.op("MatMul", g.op("Slice", probs, n_past, big, axis), flat(v)))         # [KV * G, KV * Dh]
-        out = g.op("Reshape", out, g.const([KV, -1, 1, KV, Dh], np.int64))
-        return g.op("ReduceSum", g.op("Mul", out, eye), g.const([3], np.int64), keepdims=0)  # [KV, G, 1, Dh]
 
     # -- output -------------------------------------------------------------------------------
     def lm_head(self, h: str) -> None:

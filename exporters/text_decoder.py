@@ -211,8 +211,10 @@ class DecoderBuilder(DecoderGraph):
         rows_only = self.src.activation_sparsity[layer] > 0 and self.sparse_decode
         if not (rows_only or self.prefill_int8):
             return self.ffn(x, layer, width)
-        return self.g.cond(self.one_token, lambda: self.ffn(x, layer, width, active_rows=rows_only),
-                           lambda: self.ffn(x, layer, width, int8_matmul=self.prefill_int8))
+        g = self.g
+        one_token = g.op("Squeeze", g.op("Equal", g.op("Shape", x, start=0, end=1), g.const([1], np.int64)))
+        return g.cond(one_token, lambda: self.ffn(x, layer, width, active_rows=rows_only),
+                      lambda: self.ffn(x, layer, width, int8_matmul=self.prefill_int8))
 
     def ffn(self, x: str, layer: int, width: int, active_rows: bool = False, int8_matmul: bool = False) -> str:
         """The FFN; `active_rows`: of one token, reading only the rows its sparse activation uses;
