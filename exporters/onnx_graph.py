@@ -151,38 +151,38 @@ class Graph:
         self._branches[self.nodes[-1].name] = tuple(bodies)
         return y
 
-    def _all_nodes(self, nodes=None) -> list[onnx.NodeProto]:
+    def _all_nodes(self, nodes=None, then_only: bool = False) -> list[onnx.NodeProto]:
+        """Every node, those of If branches included (with `then_only`, only then-branches)."""
         out = []
         for n in self.nodes if nodes is None else nodes:
             out.append(n)
-            for body, _ in self._branches.get(n.name, ()):
-                out += self._all_nodes(body)
+            for body, _ in self._branches.get(n.name, ())[:1 if then_only else 2]:
+                out += self._all_nodes(body, then_only)
         return out
+
+    @staticmethod
+    def _gathered_only(nodes: list[onnx.NodeProto], sizes: dict[str, int]) -> tuple[set[str], set[str]]:
+        """Of the weights `nodes` read: all of them, and those only row gathers read."""
+        readers: dict[str, set[str]] = {}
+        for n in nodes:
+            for name in n.input:
+                if name in sizes:
+                    readers.setdefault(name, set()).add(n.op_type)
+        return set(readers), {name for name, ops in readers.items() if ops <= {"Gather", "GatherBlockQuantized"}}
 
     def gathered_bytes(self, sizes: dict[str, int]) -> int:
         """Bytes of the weights that only row gathers read (onnxruntime maps them and never
         prepacks them: they stay file-backed), given each initializer's bytes by name."""
-        readers: dict[str, set[str]] = {}
-        for n in self._all_nodes():
-            for name in n.input:
-                readers.setdefault(name, set()).add(n.op_type)
-        return sum(size for name, size in sizes.items()
-                   if readers.get(name) and readers[name] <= {"Gather", "GatherBlockQuantized"})
+        return sum(sizes[name] for name in self._gathered_only(self._all_nodes(), sizes)[1])
 
     def then_bytes(self, sizes: dict[str, int]) -> int:
         """Weight bytes one run reads when every If takes its then-branch, the weights' bytes given by
         initializer name; a weight only gathered from counts at the gathers' density."""
-        nodes = [n for n in self.nodes if n.name not in self._branches]
-        nodes += [n for name in self._branches for n in self._branches[name][0][0]]
-        density = {g.node.input[0]: g.density for g in self.row_gathers}
+        density = {}
         for g in self.row_gathers:   # quantized gathers read their scales and zero points alike
-            for name in g.node.input[2:]:
-                density[name] = g.density
-        used = {name for n in nodes for name in n.input if name in sizes}
-        gathered_only = {name for name in used if name in density
-                         and not any(name in n.input for n in nodes if n.op_type not in ("Gather", "GatherBlockQuantized"))}
-        return (sum(sizes[name] for name in used - gathered_only)
-                + sum(round(sizes[name] * density[name]) for name in gathered_only))
+            density.update({name: g.density for name in (g.node.input[0], *g.node.input[2:])})
+        used, gathered = self._gathered_only(self._all_nodes(then_only=True), sizes)
+        return sum(sizes[name] for name in used - gathered) + sum(round(sizes[name] * density[name]) for name in gathered)
 
     def _with_branches(self, node: onnx.NodeProto) -> onnx.NodeProto:
         """The If node with its subgraphs, made from the branch node lists as they are now (the
