@@ -32,10 +32,8 @@ DEFAULT_WORK = os.path.expanduser("~/.cache/gemma3n-rt-bench")
 
 def parse_recipe(text: str) -> dict:
     """'int4:b64:asym:head=int8' -> export() keywords."""
-    if text in ("default", "default:nocal"):
-        return {"quant": "int4", **({"calibration": None} if text.endswith("nocal") else {})}
     mode, *opts = text.split(":")
-    kw = {"quant": mode}
+    kw = {"quant": "int4" if mode == "default" else mode}   # int4 alone is the default recipe
     for o in opts:
         if o.startswith("b") and o[1:].isdigit():
             kw["block_size"] = int(o[1:])
@@ -49,8 +47,11 @@ def parse_recipe(text: str) -> dict:
             kw["calibration"] = None
         elif o.startswith("rescore="):
             kw["head_rescore"] = int(o[8:])
+        elif o.startswith("headb") and o[5:].isdigit():
+            kw["head_block_size"] = int(o[5:])
         else:
-            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal, rescore=<k>)")
+            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal, "
+                             "rescore=<k>, headb<N>)")
     return kw
 
 

@@ -2,7 +2,13 @@
 and measured, optionally side by side with llama.cpp on the same weights, in one run.
 
     python -m bench.run --shape e2b|e4b|gemma3-270m [--compare llama.cpp] [--cap 1.6GB]
-                        [--ple-in-ram] [--prefill-int8] [--threads 2] [--runs 2] [--work DIR] [--out DIR]
+                        [--ple-in-ram] [--prefill-int8] [--quant int4|int8] [--threads 2] [--runs 2]
+                        [--work DIR] [--out DIR]
+    python -m bench.run --shape gemma3-270m --compare litert-lm --litert-model FILE.litertlm
+                        [--litert-python PYTHON]
+
+`--compare` may be given twice. LiteRT-LM (Google's runtime) needs a .litertlm of the same
+weights, made outside this project (README: Benchmarks), and a Python with `litert-lm`.
 
 Every measurement is a fresh process (bench/worker.py) whose RssAnon/RssFile this process samples;
 runtimes and prompt lengths are interleaved and each figure is the best of --runs (the machine may
@@ -50,18 +56,19 @@ def checkpoint(shape: str, work: str) -> str:
     return out
 
 
-def bundle(shape: str, ckpt, work: str, prefill_int8: bool = False) -> str:
+def bundle(shape: str, ckpt, work: str, prefill_int8: bool = False, quant: str = "int4") -> str:
     """The exported bundle, cached; `ckpt()` gives the checkpoint, called only when exporting."""
     from exporters.export import export
     from exporters.quantize import DEFAULT_RECIPE as r
     tag = f"int4-b{r.block_size}{'-asym' if r.asymmetric else ''}-head{r.head or 'int4'}" + "".join("-" + k for k in r.int8_linears)
+    tag = tag if quant == "int4" else quant
     tag += "-prefill-int8" if prefill_int8 else ""
     out = os.path.join(work, shape, f"bundle-{tag}-{exporter_digest()}")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         src = ckpt()
         print(f"exporting {src} -> {out}", file=sys.stderr)
         # random weights: calibration would change values, not bytes or speed, and double the export time
-        export(src, out, "int4", show_progress=False, slices="E4B" if shape == "e4b" else None, force=True,
+        export(src, out, quant, show_progress=False, slices="E4B" if shape == "e4b" else None, force=True,
                calibration=None, prefill_int8=prefill_int8)
     return out
 
@@ -127,12 +134,18 @@ def _rss(pid: int) -> tuple[int, int] | None:
         return None
 
 
+LITERT_PYTHON = sys.executable   # --litert-python: where litert-lm is installed
+
+
 def measure(runtime: str, path: str, prompt: int, threads: int, cap=None, ple_in_ram: bool = False,
             decode: int = DECODE) -> dict:
     """One fresh worker process; its result plus the RSS trace [(seconds, anon, file)]. Under a
     cap, ours runs its full slice by name: the planner would (rightly) refuse it otherwise."""
-    cmd = [sys.executable, "-m", "bench.worker", runtime, path, "--prompt", str(prompt), "--decode", str(decode),
-           "--threads", str(threads)] + (["--ple-in-ram"] if ple_in_ram else [])
+    args = [path, "--prompt", str(prompt), "--decode", str(decode), "--threads", str(threads)]
+    if runtime == "litert-lm":
+        cmd = [LITERT_PYTHON, "-m", "bench.litert_worker", *args]
+    else:
+        cmd = [sys.executable, "-m", "bench.worker", runtime, *args] + (["--ple-in-ram"] if ple_in_ram else [])
     if cap and runtime == "ours":
         with open(os.path.join(path, "manifest.json")) as f:
             cmd += ["--effective", json.load(f)["slices"][0]["name"]]
@@ -168,10 +181,12 @@ def best(runs: list[dict]) -> dict:
 
 
 # -- reporting ------------------------------------------------------------------------------------
-def decode_bytes(runtime: str, path: str) -> int:
+def decode_bytes(runtime: str, path: str) -> int | None:
     """Weight bytes a decode step reads: for ours the largest slice's `decode_bytes` (the decoder
     weights and LM head, the sparse FFN layers' rows at their density; FORMAT.md); for llama.cpp
-    every tensor but the PLE table (only one row of it is read per token)."""
+    every tensor but the PLE table (only one row of it is read per token); for LiteRT-LM unknown."""
+    if runtime == "litert-lm":
+        return None
     if runtime == "ours":
         with open(os.path.join(path, "manifest.json")) as f:
             slices = json.load(f)["slices"]
@@ -188,7 +203,7 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
         rows = {p: best(results[(rt, p, "free")]) for p in prompts}
         main = rows[512]
         nbytes = decode_bytes(rt, path)
-        entry = {"load_s": main.get("load_s"), "bundle_bytes": dir_bytes(path), "decode_bytes_per_token": nbytes,
+        entry = {"load_s": main.get("load_s"), "bundle_bytes": dir_bytes(path), "decode_bytes_per_token": nbytes or "n/a",
                  "prepacked_bytes": prepacked_bytes(path),
                  "peak_rss_anon": max(r.get("peak_anon", 0) for r in rows.values()),
                  "peak_rss_file": max(r.get("peak_file", 0) for r in rows.values()),
@@ -197,7 +212,7 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
             entry[f"prefill_tps_{p}"] = r.get("prefill_tps")
             if "failed" in r:
                 entry[f"failed_{p}"] = r["failed"]
-        if entry["decode_tps"]:
+        if entry["decode_tps"] and nbytes:
             entry["bandwidth_fraction"] = entry["decode_tps"] * nbytes / bandwidth
         for key in ("capped", "ple_in_ram"):
             if (rt, 512, key) in results:
@@ -210,6 +225,8 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
 def fmt(v, unit="") -> str:
     if v is None:
         return "failed"
+    if isinstance(v, str):
+        return v
     if isinstance(v, float):
         return f"{v:.3g}{unit}" if v < 100 else f"{v:.0f}{unit}"
     return f"{v}{unit}"
@@ -217,16 +234,17 @@ def fmt(v, unit="") -> str:
 
 def markdown(shape: str, table: dict, bandwidth: float, args, commit: str, prompts) -> str:
     rts = list(table)
-    head = "| " + shape + ", 2 threads | " + " | ".join(rts) + (" | ratio ours/llama.cpp |" if len(rts) > 1 else " |")
-    lines = [head, "|---" * (len(rts) + 1 + (len(rts) > 1)) + "|"]
+    head = "| " + shape + ", 2 threads | " + " | ".join(rts) + "".join(f" | ratio ours/{rt}" for rt in rts[1:]) + " |"
+    lines = [head, "|---" * (2 * len(rts)) + "|"]
 
     def row(label, key, unit="", scale=1.0, higher_better=True, get=None):
         vals = [(get or (lambda e: e.get(key)))(table[rt]) for rt in rts]
-        vals = [None if v is None else v * scale for v in vals]
+        vals = [v * scale if isinstance(v, (int, float)) else v for v in vals]
         cells = [fmt(v, unit) for v in vals]
-        if len(rts) > 1:
-            a, b = vals[0], vals[1]
-            cells.append(f"{(a / b if higher_better else b / a):.2f}x" if a and b else "")
+        a = vals[0]
+        for b in vals[1:]:
+            ok = all(isinstance(v, (int, float)) and v for v in (a, b))
+            cells.append(f"{(a / b if higher_better else b / a):.2f}x" if ok else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     row("load to ready (s)", "load_s", higher_better=False)
@@ -264,7 +282,7 @@ def plot(path: str, shape: str, results: dict, cap: int | None, decode: int) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=90)
-    colors = {"ours": "tab:blue", "llama.cpp": "tab:red"}
+    colors = {"ours": "tab:blue", "llama.cpp": "tab:red", "litert-lm": "tab:green"}
     for (rt, prompt, kind), runs in results.items():
         if prompt != 512 or kind not in ("free", "ple_in_ram") or "trace" not in runs[-1]:
             continue
@@ -292,7 +310,11 @@ def plot(path: str, shape: str, results: dict, cap: int | None, decode: int) -> 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=("e2b", "e4b", "gemma3-270m"), required=True)
-    p.add_argument("--compare", choices=("llama.cpp",))
+    p.add_argument("--compare", choices=("llama.cpp", "litert-lm"), action="append", default=[],
+                   help="also measure this runtime (may be given twice)")
+    p.add_argument("--litert-model", help="with --compare litert-lm: the .litertlm of the same weights")
+    p.add_argument("--litert-python", default=sys.executable, help="a Python with litert-lm installed")
+    p.add_argument("--quant", choices=("int4", "int8"), default="int4", help="ours: the decoder's weights (default int4)")
     p.add_argument("--cap", help="also decode inside a memory cgroup of this size, e.g. 1.6GB")
     p.add_argument("--ple-in-ram", action="store_true", help="also run ours with the PLE table read into memory")
     p.add_argument("--prefill-int8", action="store_true",
@@ -310,13 +332,17 @@ def main(argv=None) -> None:
     cap_bytes = parse_bytes(a.cap, "--cap") if a.cap else None
     if a.ple_in_ram and a.shape == "gemma3-270m":
         p.error("--ple-in-ram: Gemma 3 has no PLE table")
-    if a.prefill_int8 and a.shape == "gemma3-270m":
-        p.error("--prefill-int8: Gemma 3n shapes only")
     # made on first need: once the bundle and the GGUF exist, the checkpoint may be deleted
     ckpt = functools.cache(lambda: checkpoint(a.shape, a.work))
-    runtimes = {"ours": bundle(a.shape, ckpt, a.work, a.prefill_int8)}
-    if a.compare:
+    if "litert-lm" in a.compare and not (a.litert_model and os.path.isfile(a.litert_model)):
+        p.error("--compare litert-lm needs --litert-model FILE.litertlm (an existing file)")
+    global LITERT_PYTHON
+    LITERT_PYTHON = a.litert_python
+    runtimes = {"ours": bundle(a.shape, ckpt, a.work, a.prefill_int8, a.quant)}
+    if "llama.cpp" in a.compare:
         runtimes["llama.cpp"] = gguf_q4(a.shape, ckpt, a.work)
+    if "litert-lm" in a.compare:
+        runtimes["litert-lm"] = a.litert_model
     bandwidth = memory_bandwidth()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     for rt, path in runtimes.items():      # warm the page cache once; not counted
@@ -352,7 +378,7 @@ def main(argv=None) -> None:
     table = summarize(results, runtimes, bandwidth, prompts)
     md = markdown(a.shape, table, bandwidth, a, commit, prompts)
     os.makedirs(a.out, exist_ok=True)
-    base = os.path.join(a.out, f"bench-{a.shape}" + ("-prefill-int8" if a.prefill_int8 else ""))
+    base = os.path.join(a.out, f"bench-{a.shape}" + ("-int8" if a.quant == "int8" else "") + ("-prefill-int8" if a.prefill_int8 else ""))
     with open(base + ".json", "w") as f:
         json.dump({"shape": a.shape, "commit": commit, "threads": a.threads, "runs": a.runs, "decode": a.decode,
                    "prompts": prompts, "bandwidth": bandwidth,

@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=QUANT_MODES, default=None,
                    help=f"the tied LM head (default with int4: {DEFAULT_RECIPE.head or 'int4'}, its top logits "
                         f"recomputed, see --head-rescore; else as --quant)")
+    p.add_argument("--head-block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
+                   help="the LM head's int4/int8 block (default: --block-size)")
     p.add_argument("--asymmetric", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE.asymmetric,
                    help="int4/int8 with a zero point per block (MatMulNBits zero_points)")
     p.add_argument("--head-rescore", type=int, default=None, metavar="K",
@@ -40,9 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", dest="calibration", action="store_const", const=None,
                    help="int4 grids from each block's [min, max] alone (faster export, lower quality)")
     p.add_argument("--prefill-int8", action="store_true",
-                   help="Gemma 3n, int4/int8: prompts run the FFN as int8 x int8 matmuls on int8 copies of its "
-                        "weights (several times faster prefill where the CPU has int8 matrix units; the bundle "
-                        "grows by about 1 byte per FFN parameter)")
+                   help="int4/int8: prompts run the attention and FFN linears as int8 x int8 matmuls on int8 "
+                        "copies of their weights (several times faster prefill where the CPU has int8 matrix "
+                        "units; the bundle grows by about 1 byte per such parameter)")
     p.add_argument("--slices", help="MatFormer slices to include: 'all' (default: the full model and, for E4B, "
                                     "E2B and every published mix-n-match config) or a comma list of names")
     p.add_argument("--custom-slice", action="append", default=[], metavar="NAME=W,W,...[@SKIP]",
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
                           show_progress=not args.quiet, slices=args.slices, custom=args.custom_slice,
                           vision_quant=args.vision_quant, audio_quant=args.audio_quant,
                           head=args.head, asymmetric=args.asymmetric, calibration=args.calibration,
-                          head_rescore=args.head_rescore, prefill_int8=args.prefill_int8)
+                          head_rescore=args.head_rescore, prefill_int8=args.prefill_int8,
+                          head_block_size=args.head_block_size)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

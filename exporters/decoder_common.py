@@ -19,6 +19,7 @@ NEG_INF = float(np.finfo(np.float32).min)
 class DecoderGraph:
     caches: list[CacheSpec]
     cache_of: dict[int, int]
+    prefill_int8 = False   # prompt chunks: attention and FFN linears as int8 x int8 matmuls (QuantRecipe.prefill_int8)
 
     def __init__(self, src, weights: dict[str, Lazy], graph_name: str):
         self.src, self.w = src, weights
@@ -30,6 +31,11 @@ class DecoderGraph:
 
     def linear(self, x: str, key: str) -> str:
         return self.g.linear(x, self.w[key], key)
+
+    def one_token(self, x: str) -> str:
+        """A boolean scalar: x [T, ...] holds one position (an If condition)."""
+        g = self.g
+        return g.op("Squeeze", g.op("Equal", g.op("Shape", x, start=0, end=1), g.const([1], np.int64)))
 
     def mean_last(self, x: str) -> str:
         return self.g.op("ReduceMean", x, self.g.const([-1], np.int64), keepdims=1)
@@ -106,13 +112,15 @@ class DecoderGraph:
         kind = src.layer_types[layer]
         cos, sin = rope[kind]
         p = f"layers.{layer}.self_attn."
-        q = g.op("Reshape", self.linear(x, p + "q_proj"), g.const([0, H, Dh], np.int64))
-        q = self.apply_rope(self.rms_norm(q, p + "q_norm"), cos, sin)                      # [T, H, Dh]
         c = self.cache_of[layer]
-        if self.caches[c].source_layer == layer:
-            k = g.op("Reshape", self.linear(x, p + "k_proj"), g.const([0, KV, Dh], np.int64))
+        owns_cache = self.caches[c].source_layer == layer
+        projected = self.projections(x, [p + "q_proj"] + ([p + "k_proj", p + "v_proj"] if owns_cache else []))
+        q = g.op("Reshape", projected[0], g.const([0, H, Dh], np.int64))
+        q = self.apply_rope(self.rms_norm(q, p + "q_norm"), cos, sin)                      # [T, H, Dh]
+        if owns_cache:
+            k = g.op("Reshape", projected[1], g.const([0, KV, Dh], np.int64))
             k = self.apply_rope(self.rms_norm(k, p + "k_norm"), cos, sin)                  # [T, KV, Dh]
-            v = g.op("Reshape", self.linear(x, p + "v_proj"), g.const([0, KV, Dh], np.int64))
+            v = g.op("Reshape", projected[2], g.const([0, KV, Dh], np.int64))
             if v_norm:
                 v = self.rms_norm(v, None)
             g.output(k, f"new_key.{c}", FLOAT, ["T", KV, Dh])
@@ -131,7 +139,16 @@ class DecoderGraph:
         probs = g.op("Softmax", g.op("Add", scores, masks[kind]), axis=-1)
         out = g.op("MatMul", probs, values)                                                 # [KV, G, T, Dh]
         out = g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
-        return self.linear(out, p + "o_proj")
+        return self.projections(out, [p + "o_proj"])[0]
+
+    def projections(self, x: str, keys: list[str]) -> list[str]:
+        """x @ W.T for the weights `keys`; with `prefill_int8`, prompt chunks take int8 x int8
+        matmuls instead (one If for all of them)."""
+        def run(int8_matmul: bool) -> list[str]:
+            return [self.g.linear(x, self.w[k], k, int8_matmul=int8_matmul) for k in keys]
+        if not self.prefill_int8:
+            return run(False)
+        return self.g.cond(self.one_token(x), lambda: run(False), lambda: run(True))
 
     # -- output -------------------------------------------------------------------------------
     def lm_head(self, h: str) -> None:

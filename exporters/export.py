@@ -57,12 +57,12 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
            vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
            head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None,
            calibration: str | None = CALIBRATION_TEXT, head_rescore: int | None = None,
-           prefill_int8: bool = False) -> dict:
-    """`block_size`, `head`, `asymmetric`, `int8_linears` and `head_rescore` default to DEFAULT_RECIPE's
+           prefill_int8: bool = False, head_block_size: int | None = None) -> dict:
+    """`block_size`, `head`, `head_block_size`, `asymmetric`, `int8_linears` and `head_rescore` default to DEFAULT_RECIPE's
     (quantize.py). `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain
     min-max grids). `head_rescore`: with an int4 head, how many top logits the runtime recomputes
     from the embedding row table (gemma3n_rt/head.py; 0: none). `prefill_int8`: prompt chunks run
-    the FFN as int8 x int8 matmuls on int8 copies of its weights (QuantRecipe.prefill_int8)."""
+    the attention and FFN linears as int8 x int8 matmuls on int8 copies (QuantRecipe.prefill_int8)."""
     started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
@@ -71,7 +71,9 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     recipe = QuantRecipe(quant, block_size or DEFAULT_RECIPE.block_size,
                          DEFAULT_RECIPE.asymmetric if asymmetric is None else asymmetric,
                          (DEFAULT_RECIPE.head if quant == "int4" else None) if head is None else head,
-                         DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears))
+                         DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears),
+                         head_block_size=head_block_size or (DEFAULT_RECIPE.head_block_size
+                                                             if quant == "int4" and head in (None, "int4") else None))
     if recipe.mode_of(HEAD) == "int4":
         recipe = replace(recipe, head_rescore=DEFAULT_RECIPE.head_rescore if head_rescore is None else head_rescore)
     elif head_rescore:
@@ -130,8 +132,6 @@ class TextPart:
         self.weights = self.arch.take_weights(ckpt, self.src)
         self.plans = self.arch.plans(self.src, slices, custom)
         self.recipe, self.quant, self.tables = recipe, recipe.mode, tables
-        if recipe.prefill_int8 and self.arch_name != "gemma3n":
-            raise Gemma3nError(f"--prefill-int8: Gemma 3n decoders only; {ckpt.dir} is {self.arch_name}")
         # importance-weighted grids exist for int4 with zero points (quantize.py)
         self.calibration = calibration if recipe.mode == "int4" and recipe.asymmetric else None
         self.calibrated = None
@@ -181,6 +181,7 @@ class TextPart:
             "text_config": _jsonable(self.src.text_config().__dict__),
             "quantization": {"decoder": quant, "block_size": recipe.block_size if quant != "fp32" else None,
                              "tables": self.tables, "head": recipe.mode_of("lm_head"),
+                             "head_block_size": recipe.block_of(HEAD, self.src.hidden_size) if recipe.mode_of(HEAD) != "fp32" else None,
                              "asymmetric": recipe.asymmetric and quant != "fp32",
                              "int8_linears": list(recipe.int8_linears) if quant == "int4" else [],
                              "calibration": self.calibrated if quant == "int4" else None,

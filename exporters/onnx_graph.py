@@ -62,7 +62,7 @@ class Graph:
         self.weights: dict[str, WeightRef] = {}   # big tensors, stored as external data
         self.linears: dict[str, Linear] = {}
         self.row_gathers: list[RowGather] = []
-        self._branches: dict[str, tuple] = {}    # If node name -> (then, else): (nodes, output) each
+        self._branches: dict[str, tuple] = {}    # If node name -> (then, else): (nodes, outputs) each
         self._scope: list[str] = []
         self._count: Counter = Counter()
         self._const_names: dict[tuple, str] = {}
@@ -136,20 +136,33 @@ class Graph:
         self.row_gathers.append(RowGather(self.nodes[-1], key, w, rows, density))
         return y
 
-    def cond(self, condition: str, then_branch, else_branch) -> str:
+    def cond(self, condition: str, then_branch, else_branch):
         """An If node: each branch is a function that builds its nodes (which may use any value
-        or weight of the graph) and returns its one output."""
+        or weight of the graph) and returns its output, or a list of outputs (then so does cond)."""
         bodies = []
         for build in (then_branch, else_branch):
             outer, self.nodes = self.nodes, []
             try:
                 out = build()
-                bodies.append((self.nodes, out))
+                bodies.append((self.nodes, [out] if isinstance(out, str) else list(out)))
             finally:
                 self.nodes = outer
-        y = self.op("If", condition)
+        count = len(bodies[0][1])
+        assert count == len(bodies[1][1]), "If branches must have as many outputs"
+        y = self.op("If", condition, outputs=count)
         self._branches[self.nodes[-1].name] = tuple(bodies)
-        return y
+        if isinstance(out, str):
+            return y
+        return [y] if count == 1 else y
+
+    def replace(self, node: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
+        """Put the nodes `new` where `node` is, in the graph or in an If branch."""
+        for nodes in [self.nodes] + [body for bodies in self._branches.values() for body, _ in bodies]:
+            for i, n in enumerate(nodes):
+                if n is node:
+                    nodes[i:i + 1] = new
+                    return
+        raise KeyError(node.name)
 
     def _all_nodes(self, nodes=None, then_only: bool = False) -> list[onnx.NodeProto]:
         """Every node, those of If branches included (with `then_only`, only then-branches)."""
@@ -191,9 +204,9 @@ class Graph:
             return node
         full = onnx.NodeProto()
         full.CopyFrom(node)
-        for attr, (nodes, out) in zip(("then_branch", "else_branch"), self._branches[node.name]):
+        for attr, (nodes, outs) in zip(("then_branch", "else_branch"), self._branches[node.name]):
             body = helper.make_graph([self._with_branches(n) for n in nodes], f"{node.name}/{attr}", [],
-                                     [helper.make_tensor_value_info(out, FLOAT, None)])
+                                     [helper.make_tensor_value_info(out, FLOAT, None) for out in outs])
             full.attribute.append(helper.make_attribute(attr, body))
         return full
 

@@ -134,7 +134,6 @@ def cache_table(src: Gemma3nSource, plan: SlicePlan) -> tuple[list[CacheSpec], d
 
 class DecoderBuilder(DecoderGraph):
     sparse_decode = True   # one-token steps of sparse FFN layers read only the active rows
-    prefill_int8 = False   # prompt chunks run the FFN as int8 x int8 matmuls (QuantRecipe.prefill_int8)
 
     def __init__(self, src: Gemma3nSource, weights: dict[str, Lazy], plan: SlicePlan,
                  chunks: dict[int, tuple[int, ...]] | None = None):
@@ -211,9 +210,7 @@ class DecoderBuilder(DecoderGraph):
         rows_only = self.src.activation_sparsity[layer] > 0 and self.sparse_decode
         if not (rows_only or self.prefill_int8):
             return self.ffn(x, layer, width)
-        g = self.g
-        one_token = g.op("Squeeze", g.op("Equal", g.op("Shape", x, start=0, end=1), g.const([1], np.int64)))
-        return g.cond(one_token, lambda: self.ffn(x, layer, width, active_rows=rows_only),
+        return self.g.cond(self.one_token(x), lambda: self.ffn(x, layer, width, active_rows=rows_only),
                       lambda: self.ffn(x, layer, width, int8_matmul=self.prefill_int8))
 
     def ffn(self, x: str, layer: int, width: int, active_rows: bool = False, int8_matmul: bool = False) -> str:

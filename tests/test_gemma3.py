@@ -10,7 +10,6 @@ from safetensors.numpy import save_file
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import gemma3n_rt
-from gemma3n_rt.errors import Gemma3nError
 from exporters.export import export
 from hf_reference import reference_greedy, reference_logits
 
@@ -56,16 +55,31 @@ def test_gemma3_matches_reference(gemma3_bundle):
     assert model.generate_ids(ids[:20], 24, stop_ids=(), temperature=0) == reference_greedy(ref, ids[:20], 24)
 
 
-def test_gemma3_refuses_prefill_int8(tmp_path, demo_tokenizer_path):
-    """--prefill-int8 is built for Gemma 3n's FFN; a Gemma 3 export asking for it is refused, not ignored."""
-    model = tiny_gemma3(0)
-    save_file({k: v.numpy().copy() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+def test_gemma3_prefill_int8(tmp_path, demo_tokenizer_path):
+    """--prefill-int8 on Gemma 3: prompt chunks take int8 matmuls in every attention and FFN linear
+    (one If each for q/k/v, o and the FFN), and stay close to transformers, as close as without."""
+    import onnx
+    ref = tiny_gemma3(0)
+    save_file({k: v.numpy().copy() for k, v in ref.state_dict().items() if k != "lm_head.weight"},
               str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(ref.config.to_dict()))
     shutil.copyfile(demo_tokenizer_path, tmp_path / "tokenizer.model")
-    with pytest.raises(Gemma3nError, match="--prefill-int8: Gemma 3n decoders only"):
-        export(str(tmp_path), str(tmp_path / "out"), quant="int8", show_progress=False, prefill_int8=True)
-    assert not (tmp_path / "out").exists()
+    errors = {}
+    for prefill_int8 in (False, True):
+        out = tmp_path / f"out{int(prefill_int8)}"
+        export(str(tmp_path), str(out), quant="int8", show_progress=False, prefill_int8=prefill_int8)
+        model = gemma3n_rt.load(str(out), context=128, chunk=32)
+        rng = np.random.default_rng(1)
+        errors[prefill_int8] = []
+        for n in (9, 17, 32, 32, 32):
+            ids = [2] + rng.integers(3, 2112, n - 1).tolist()
+            model.decoder.reset()
+            ours, theirs = model.next_token_logits(ids), reference_logits(ref, ids)
+            errors[prefill_int8].append(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+    graph = onnx.load(str(out / "text/decoder.full.onnx"), load_external_data=False).graph
+    assert sum(n.op_type == "If" for n in graph.node) == 3 * 7
+    print(f"relative error to transformers: {np.mean(errors[True]):.4f} with --prefill-int8, {np.mean(errors[False]):.4f} without")
+    assert np.mean(errors[True]) < 2 * np.mean(errors[False]) and np.max(errors[True]) < 0.05
 
 
 def test_gemma3_has_no_matformer_slices(gemma3_bundle, tmp_path):
