@@ -212,8 +212,8 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
             entry[f"prefill_tps_{p}"] = r.get("prefill_tps")
             if "failed" in r:
                 entry[f"failed_{p}"] = r["failed"]
-        if entry["decode_tps"] and nbytes:
-            entry["bandwidth_fraction"] = entry["decode_tps"] * nbytes / bandwidth
+        if entry["decode_tps"]:
+            entry["bandwidth_fraction"] = entry["decode_tps"] * nbytes / bandwidth if nbytes else "n/a"
         for key in ("capped", "ple_in_ram"):
             if (rt, 512, key) in results:
                 r = best(results[(rt, 512, key)])
@@ -300,7 +300,8 @@ def plot(path: str, shape: str, results: dict, cap: int | None, decode: int) -> 
         ax.axhline(cap / GiB, color="black", linestyle="--", linewidth=0.8, label="--cap")
     ax.set_xlabel("seconds since the process started (thin lines: ready, first token)")
     ax.set_ylabel("GiB resident")
-    ax.set_title(f"{shape}: load, prefill 512 tokens, decode {decode} (synthetic weights)")
+    weights = "real weights" if shape == "gemma3-270m" else "synthetic weights"
+    ax.set_title(f"{shape}: load, prefill 512 tokens, decode {decode} ({weights})")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()

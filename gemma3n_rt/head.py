@@ -5,7 +5,9 @@ already holds as a row table (int8 per row by default). An int4 head reads half 
 an int8 one every token; recomputing only the k largest logits from the table's rows (k x 2 KiB
 on E2B) gives those back the table's precision, and the tokens that sampling picks are almost
 always among them. On the real Gemma 3 270M (bench/quality.py) an int4 head with k = 64 scored
-like the int8 head, where the int4 head alone fell well short (README, Benchmarks).
+like the int8 head, where the int4 head alone fell well short (README, Benchmarks). A larger k scores
+better still, but every recomputed logit is a random row read, from flash when the table is not
+in the page cache: k = 256 made E2B's decode step 1.5x slower there.
 """
 from __future__ import annotations
 
