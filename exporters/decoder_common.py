@@ -142,13 +142,16 @@ class DecoderGraph:
         return self.projections(out, [p + "o_proj"])[0]
 
     def projections(self, x: str, keys: list[str]) -> list[str]:
-        """x @ W.T for the weights `keys`; with `prefill_int8`, prompt chunks take int8 x int8
-        matmuls instead (one If for all of them)."""
-        def run(int8_matmul: bool) -> list[str]:
-            return [self.g.linear(x, self.w[k], k, int8_matmul=int8_matmul) for k in keys]
+        """x @ W.T for the weights `keys` (one If for all of them with `prefill_int8`)."""
+        return self.int8_prompts(x, lambda int8_matmul: [self.g.linear(x, self.w[k], k, int8_matmul=int8_matmul)
+                                                         for k in keys])
+
+    def int8_prompts(self, x: str, build):
+        """build(int8_matmul=False); with `prefill_int8`, an If on x's length: one position takes
+        that, a prompt chunk build(True), its linears as int8 x int8 matmuls."""
         if not self.prefill_int8:
-            return run(False)
-        return self.g.cond(self.one_token(x), lambda: run(False), lambda: run(True))
+            return build(False)
+        return self.g.cond(self.one_token(x), lambda: build(False), lambda: build(True))
 
     # -- output -------------------------------------------------------------------------------
     def lm_head(self, h: str) -> None:

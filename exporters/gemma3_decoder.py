@@ -60,21 +60,16 @@ class Gemma3Builder(DecoderGraph):
                     h = self.attention(h, layer, rope, masks, past, kv, scale=scale, v_norm=False)
                     x = g.op("Add", x, self.rms_norm(h, p + "post_attention_layernorm"))
                 with g.scope("mlp"):
-                    h = self.mlp(self.rms_norm(x, p + "pre_feedforward_layernorm"), p + "mlp.")
+                    h = self.rms_norm(x, p + "pre_feedforward_layernorm")
+                    h = self.int8_prompts(h, lambda int8_matmul: self.mlp(h, p + "mlp.", int8_matmul))
                     x = g.op("Add", x, self.rms_norm(h, p + "post_feedforward_layernorm"))
         with g.scope("final"):
             self.lm_head(self.last_position(x))
         return g
 
-    def mlp(self, h: str, p: str) -> str:
-        """down(gelu(gate(h)) * up(h)); with `prefill_int8`, prompt chunks take an int8 x int8 branch."""
-        if not self.prefill_int8:
-            return self.ffn(h, p)
-        return self.g.cond(self.one_token(h), lambda: self.ffn(h, p), lambda: self.ffn(h, p, int8_matmul=True))
-
-    def ffn(self, h: str, p: str, int8_matmul: bool = False) -> str:
-        g = self.g
-        gate, up, down = (self.w[p + name] for name in ("gate_proj", "up_proj", "down_proj"))
-        act = g.op("Gelu", g.linear(h, gate, p + "gate_proj", int8_matmul=int8_matmul), approximate="tanh")
-        up = g.linear(h, up, p + "up_proj", int8_matmul=int8_matmul)
-        return g.linear(g.op("Mul", act, up), down, p + "down_proj", int8_matmul=int8_matmul)
+    def mlp(self, h: str, p: str, int8_matmul: bool) -> str:
+        """down(gelu(gate(h)) * up(h))."""
+        def linear(x: str, name: str) -> str:
+            return self.g.linear(x, self.w[p + name], p + name, int8_matmul=int8_matmul)
+        act = self.g.op("Gelu", linear(h, "gate_proj"), approximate="tanh")
+        return linear(self.g.op("Mul", act, linear(h, "up_proj")), "down_proj")
