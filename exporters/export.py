@@ -57,8 +57,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
            vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
            head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None,
            calibration: str | None = CALIBRATION_TEXT, head_rescore: int | None = None,
-           prefill_int8: bool = False, head_block_size: int | None = None) -> dict:
-    """`block_size`, `head`, `head_block_size`, `asymmetric`, `int8_linears` and `head_rescore` default to DEFAULT_RECIPE's
+           prefill_int8: bool = False, head_block_size: int | None = None, int8_block_size: int | None = None) -> dict:
+    """`block_size`, `head`, `head_block_size`, `asymmetric`, `int8_linears`, `int8_block_size` and `head_rescore` default to DEFAULT_RECIPE's
     (quantize.py). `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain
     min-max grids). `head_rescore`: with an int4 head, how many top logits the runtime recomputes
     from the embedding row table (gemma3n_rt/head.py; 0: none). `prefill_int8`: prompt chunks run
@@ -73,7 +73,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
                          (DEFAULT_RECIPE.head if quant == "int4" else None) if head is None else head,
                          DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears),
                          head_block_size=head_block_size or (DEFAULT_RECIPE.head_block_size
-                                                             if quant == "int4" and head in (None, "int4") else None))
+                                                             if quant == "int4" and head in (None, "int4") else None),
+                         int8_block_size=int8_block_size or (DEFAULT_RECIPE.int8_block_size if quant == "int4" else None))
     if recipe.mode_of(HEAD) == "int4":
         recipe = replace(recipe, head_rescore=DEFAULT_RECIPE.head_rescore if head_rescore is None else head_rescore)
     elif head_rescore:
@@ -184,6 +185,7 @@ class TextPart:
                              "head_block_size": recipe.block_of(HEAD, self.src.hidden_size) if recipe.mode_of(HEAD) != "fp32" else None,
                              "asymmetric": recipe.asymmetric and quant != "fp32",
                              "int8_linears": list(recipe.int8_linears) if quant == "int4" else [],
+                             "int8_block_size": recipe.int8_block_size if quant == "int4" and recipe.int8_linears else None,
                              "calibration": self.calibrated if quant == "int4" else None,
                              "head_rescore": recipe.head_rescore, "prefill_int8": recipe.prefill_int8},
             "tokenizer": "tokenizer.model",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .checkpoint import Lazy
 from .onnx_graph import MS_DOMAIN, Graph, Linear
@@ -32,13 +32,19 @@ class QuantRecipe:
     accuracy_level: int = 4            # MatMulNBits: 4 = int8 activations (about 2x the speed of 0)
     head_rescore: int = 0              # with an int4 head: its top logits recomputed (gemma3n_rt/head.py)
     head_block_size: int | None = None  # the head's block (None: block_size)
+    int8_block_size: int | None = None  # with int4: the block of the int8_linears (None: block_size)
     prefill_int8: bool = False         # prompt chunks: attention and FFN as int8 x int8 matmuls on int8 copies
 
     def block_of(self, key: str, k: int) -> int:
-        """The block of the linear `key` with k inputs; a head block wider than k would only pad."""
-        if key != HEAD or not self.head_block_size:
+        """The block of the linear `key` with k inputs: a wide block at most the largest power of two
+        dividing k (a block that doesn't divide k pads every row)."""
+        if key == HEAD and self.head_block_size:
+            wide = self.head_block_size
+        elif self.int8_block_size and self.mode == "int4" and self.mode_of(key) == "int8" and key != HEAD:
+            wide = self.int8_block_size
+        else:
             return self.block_size
-        return max(self.block_size, min(self.head_block_size, 1 << (k.bit_length() - 1)))
+        return max(self.block_size, min(wide, k & -k))
 
     def mode_of(self, key: str) -> str:
         if key == HEAD and self.head:
@@ -52,9 +58,10 @@ class QuantRecipe:
 # head's blocks are 128 wide: 17 % fewer head bytes per token than 32, E2B decode about 4 % faster,
 # for a mean KL of 0.0936 against 0.0874 (top-1 the same). Recomputing its top 256 instead of 64
 # scored better (0.0862) but reads 256 random rows of the embedding table per token: from a cold
-# page cache (flash) that made E2B's decode step 1.5x slower.
+# page cache (flash) that made E2B's decode step 1.5x slower. The int8 linears are in blocks of
+# 128 too: MatMulNBits ran 8-bit weights 1.24x faster per parameter than in blocks of 32.
 DEFAULT_RECIPE = QuantRecipe(asymmetric=True, head="int4", int8_linears=("v_proj", "down_proj"), head_rescore=64,
-                             head_block_size=128)
+                             head_block_size=128, int8_block_size=128)
 
 
 def quantize_blockwise(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +224,8 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str
         if importance is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
             imp = importance.get(lin.key)
             assert imp is not None and imp.shape == (lin.source.shape[1],), f"calibration missed {lin.key}"
-        qw = quantized_weight(lin.source, lin.key, MODES[recipe.mode_of(lin.key)], recipe, imp)
+        qw = quantized_weight(lin.source, lin.key, MODES[recipe.mode_of(lin.key)], recipe.block_of(lin.key, lin.source.shape[1]),
+                              recipe.asymmetric, imp)
         graph.weights.pop(lin.weight, None)
         parts = qw.inputs(graph, lin.rows)
         for node in lin.nodes:
@@ -233,7 +241,7 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str
         # two that divides it): GatherBlockQuantized dequantizes 410 such rows of [8192, 2048] in
         # 93 us, against 241 us in int8 blocks of 32 and 426 us in int4 blocks of 32.
         k = gather.source.shape[1]
-        qw = quantized_weight(gather.source, gather.key + ".rows", 8, replace(recipe, block_size=k & -k), None)
+        qw = quantized_weight(gather.source, gather.key + ".rows", 8, k & -k, recipe.asymmetric, None)
         assert qw.block >= 16, f"{gather.key}: rows of {k} values have no block GatherBlockQuantized takes"
         graph.weights.pop(gather.node.input[0], None)
         parts = qw.inputs(graph, gather.rows, as_rows=True)
@@ -330,10 +338,9 @@ class QuantizedWeight:
         return names
 
 
-def quantized_weight(source: Lazy, key: str, bits: int, recipe: QuantRecipe,
+def quantized_weight(source: Lazy, key: str, bits: int, block: int, asym: bool,
                      importance: np.ndarray | None) -> QuantizedWeight:
     n, k = source.shape
-    block, asym = recipe.block_of(key, k), recipe.asymmetric
     blocks = -(-k // block)
     zp_bytes = -(-blocks * bits // 8)
     cache: dict[str, np.ndarray] = {}

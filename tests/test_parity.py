@@ -217,17 +217,24 @@ def test_prefill_int8_keeps_quality(export_tiny, quant, kl_ratio):
     assert np.mean(kls) <= kl_ratio * np.mean(base_kls) + 0.001     # + the activations' int8 rounding
 
 
-def test_head_has_its_own_block_size(export_tiny):
-    """The default int4 head is quantized in blocks of 128 (at most the hidden size, 64 here: a
-    wider block would only pad), the other linears in blocks of 32; the manifest says which."""
+def test_head_and_int8_linears_have_their_own_block_sizes(export_tiny):
+    """The default int4 head and int8 linears (v_proj, down_proj) are quantized in blocks of 128,
+    at most the largest power of two dividing their input (another would pad every row), the int4
+    linears in blocks of 32; the manifest says which."""
     _, bundle = export_tiny(0, "int4", tables="int8", embed_std=1.0)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    quant = manifest["quantization"]
-    assert DEFAULT_RECIPE.head_block_size == 128 and quant["block_size"] == 32 and quant["head_block_size"] == 64
+    quant, text = manifest["quantization"], manifest["text_config"]
+    assert DEFAULT_RECIPE.head_block_size == DEFAULT_RECIPE.int8_block_size == 128 and quant["block_size"] == 32
+    assert quant["head_block_size"] == 64 and quant["int8_block_size"] == 128
     graph = onnx.load(str(bundle / manifest["slices"][0]["graph"]), load_external_data=False).graph
     blocks = {}
     for node in graph.node:
         if node.op_type == "MatMulNBits":
             attrs = {a.name: a.i for a in node.attribute}
-            blocks.setdefault(attrs["N"] == manifest["text_config"]["vocab_size"], set()).add(attrs["block_size"])
-    assert blocks == {True: {64}, False: {32}}
+            kind = "head" if attrs["N"] == text["vocab_size"] else f"int{attrs['bits']}"
+            blocks.setdefault(kind, set()).add((attrs["K"], attrs["block_size"]))
+    D = text["hidden_size"]
+    assert blocks["head"] == {(D, 64)}
+    assert (D, 64) in blocks["int8"] and len(blocks["int8"]) == 2      # v_proj [.., D], down_proj [.., FFN]
+    assert all(b == min(128, max(32, k & -k)) for k, b in blocks["int8"])
+    assert {b for _, b in blocks["int4"]} == {32}
