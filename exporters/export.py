@@ -79,6 +79,9 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         recipe = replace(recipe, head_rescore=DEFAULT_RECIPE.head_rescore if head_rescore is None else head_rescore)
     elif head_rescore:
         raise Gemma3nError(f"--head-rescore recomputes an int4 head's top logits; the head here is {recipe.mode_of(HEAD)}")
+    if int8_block_size and quant != "int4":
+        raise Gemma3nError(f"--int8-block-size sets the block of an int4 export's int8 linears; with --quant {quant} "
+                           "use --block-size")
     if prefill_int8:
         if quant == "fp32":
             raise Gemma3nError("--prefill-int8 needs --quant int4 or int8")

@@ -229,6 +229,12 @@ def test_export_prefill_int8_needs_quantized_weights(capsys, good_ckpt, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_export_int8_block_size_needs_int4(capsys, good_ckpt, tmp_path):
+    assert export(capsys, good_ckpt, tmp_path / "out", "--quant", "int8", "--int8-block-size", "64") == 2
+    one_line_error(capsys, "gemma3n-export", "--int8-block-size", "--block-size")
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_usage_error(capsys, tmp_path):
     usage_error(capsys, export_cli.main, [str(tmp_path), str(tmp_path / "o"), "--quant", "int3"], "--quant")
     usage_error(capsys, export_cli.main, [str(tmp_path), str(tmp_path / "o"), "--block-size", "33"], "--block-size")
