@@ -25,12 +25,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", choices=QUANT_MODES, default="int4", help="decoder weights (default int4, blockwise)")
     p.add_argument("--tables", choices=TABLE_DTYPES, default="int8", help="embedding row tables (default int8 per row)")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=DEFAULT_RECIPE.block_size,
-                   help=f"int4/int8 block (default {DEFAULT_RECIPE.block_size})")
+                   help=f"block of the int4 linears, or of all with --quant int8 (default {DEFAULT_RECIPE.block_size})")
     p.add_argument("--head", choices=QUANT_MODES, default=None,
                    help=f"the tied LM head (default with int4: {DEFAULT_RECIPE.head or 'int4'}, its top logits "
                         f"recomputed, see --head-rescore; else as --quant)")
     p.add_argument("--head-block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
-                   help="the LM head's int4/int8 block (default: --block-size)")
+                   help=f"the LM head's block (default {DEFAULT_RECIPE.head_block_size} with an int4 head, else --block-size)")
     p.add_argument("--int8-block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
                    help=f"with int4: the block of the linears kept at int8 (default {DEFAULT_RECIPE.int8_block_size})")
     p.add_argument("--asymmetric", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE.asymmetric,
