@@ -32,6 +32,10 @@ class DecoderGraph:
     def linear(self, x: str, key: str) -> str:
         return self.g.linear(x, self.w[key], key)
 
+    def one_token(self, x: str) -> str:
+        """A boolean scalar: x [T, ...] holds one position (an If condition)."""
+        g = self.g
+        return g.op("Squeeze", g.op("Equal", g.op("Shape", x, start=0, end=1), g.const([1], np.int64)))
 
     def mean_last(self, x: str) -> str:
         return self.g.op("ReduceMean", x, self.g.const([-1], np.int64), keepdims=1)
@@ -52,8 +56,6 @@ class DecoderGraph:
         g, src = self.g, self.src
         x = g.input("inputs_embeds", FLOAT, ["T", src.hidden_size])
         positions = g.input("positions", INT64, ["T"])
-        # the If condition of every step-specific branch: the chunk holds one position
-        self.single_position = g.op("Squeeze", g.op("Equal", g.op("Shape", positions), g.const([1], np.int64)))
         past = []
         for c, cache in enumerate(self.caches):
             shape = [f"past_{cache.type}", src.num_kv_heads, src.head_dim]
@@ -123,51 +125,21 @@ class DecoderGraph:
                 v = self.rms_norm(v, None)
             g.output(k, f"new_key.{c}", FLOAT, ["T", KV, Dh])
             g.output(v, f"new_value.{c}", FLOAT, ["T", KV, Dh])
-            kv[c] = (k, v)
-        k, v = kv[c]
-        args = (q, past[c], k, v, masks[kind], scale)
-        out = g.cond(self.single_position, lambda: self.attend_one(*args), lambda: self.attend(*args))
-        return self.projections(out, [p + "o_proj"])[0]
-
-    def attend(self, q: str, past, k: str, v: str, mask: str, scale: float) -> str:
-        """Attention of a chunk of T positions over past + new K/V: [T, H * Dh]."""
-        g, src = self.g, self.src
-        H, KV, Dh = src.num_attention_heads, src.num_kv_heads, src.head_dim
-        unsq = g.const([1], np.int64)
-        keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[0], k, axis=0), perm=[1, 2, 0]), unsq)
-        values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[1], v, axis=0), perm=[1, 0, 2]), unsq)
+            unsq = g.const([1], np.int64)
+            keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0]), unsq)
+            values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2]), unsq)
+            kv[c] = (keys, values)                                                          # [KV,1,Dh,S], [KV,1,S,Dh]
+        keys, values = kv[c]
         # Query heads grouped by the KV head they read: head h uses KV head h // (H / KV).
-        qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, H // KV, Dh], np.int64)), perm=[1, 2, 0, 3])
+        group = H // KV
+        qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, group, Dh], np.int64)), perm=[1, 2, 0, 3])
         scores = g.op("MatMul", qg, keys)                                                   # [KV, G, T, S]
         if scale != 1.0:
             scores = g.op("Mul", scores, g.const(scale))
-        probs = g.op("Softmax", g.op("Add", scores, mask), axis=-1)
+        probs = g.op("Softmax", g.op("Add", scores, masks[kind]), axis=-1)
         out = g.op("MatMul", probs, values)                                                 # [KV, G, T, Dh]
-        return g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
-
-    def attend_one(self, q: str, past, k: str, v: str, mask: str, scale: float) -> str:
-        """Attention of one position, reading the cache where it lies ([P, KV * Dh] row-major)
-        instead of concatenating and transposing it: at 600 cached positions that halved the
-        attention time of E2B's 20 cache-owning layers. The query becomes a block-diagonal
-        [H, KV * Dh] matrix (head h's row holds q_h in its KV head's block), so one Gemm with
-        the cache as B^T scores every head; the values' product is block-diagonal the same way."""
-        g, src = self.g, self.src
-        H, KV, Dh = src.num_attention_heads, src.num_kv_heads, src.head_dim
-        eye = g.const(np.eye(KV, dtype=np.float32).reshape(KV, 1, KV, 1))
-        flat = g.const([-1, KV * Dh], np.int64)
-        qb = g.op("Reshape", g.op("Mul", g.op("Reshape", q, g.const([KV, H // KV, 1, Dh], np.int64)), eye),
-                  g.const([H, KV * Dh], np.int64))                                         # [H, KV * Dh]
-        scores = g.op("Concat", g.op("Gemm", qb, g.op("Reshape", past[0], flat), transB=1),
-                      g.op("Gemm", qb, g.op("Reshape", k, flat), transB=1), axis=1)        # [H, S]
-        if scale != 1.0:
-            scores = g.op("Mul", scores, g.const(scale))
-        probs = g.op("Softmax", g.op("Add", scores, mask), axis=-1)
-        cached = g.op("Shape", past[0], start=0, end=1)
-        one = g.const([1], np.int64)
-        out = g.op("Add", g.op("MatMul", g.op("Slice", probs, g.const([0], np.int64), cached, one), g.op("Reshape", past[1], flat)),
-                   g.op("MatMul", g.op("Slice", probs, cached, g.const([2**62], np.int64), one), g.op("Reshape", v, flat)))
-        out = g.op("Mul", g.op("Reshape", out, g.const([KV, H // KV, KV, Dh], np.int64)), eye)  # [KV, G, KV, Dh]
-        return g.op("Reshape", g.op("ReduceSum", out, g.const([2], np.int64), keepdims=0), g.const([1, H * Dh], np.int64))
+        out = g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
+        return self.projections(out, [p + "o_proj"])[0]
 
     def projections(self, x: str, keys: list[str]) -> list[str]:
         """x @ W.T for the weights `keys` (one If for all of them with `prefill_int8`)."""
@@ -179,7 +151,7 @@ class DecoderGraph:
         that, a prompt chunk build(True), its linears as int8 x int8 matmuls."""
         if not self.prefill_int8:
             return build(False)
-        return self.g.cond(self.single_position, lambda: build(False), lambda: build(True))
+        return self.g.cond(self.one_token(x), lambda: build(False), lambda: build(True))
 
     # -- output -------------------------------------------------------------------------------
     def lm_head(self, h: str) -> None:

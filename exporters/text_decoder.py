@@ -210,7 +210,7 @@ class DecoderBuilder(DecoderGraph):
         rows_only = self.src.activation_sparsity[layer] > 0 and self.sparse_decode
         if not (rows_only or self.prefill_int8):
             return self.ffn(x, layer, width)
-        return self.g.cond(self.single_position, lambda: self.ffn(x, layer, width, active_rows=rows_only),
+        return self.g.cond(self.one_token(x), lambda: self.ffn(x, layer, width, active_rows=rows_only),
                            lambda: self.ffn(x, layer, width, int8_matmul=self.prefill_int8))
 
     def ffn(self, x: str, layer: int, width: int, active_rows: bool = False, int8_matmul: bool = False) -> str:
