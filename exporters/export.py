@@ -81,7 +81,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         raise Gemma3nError(f"--head-rescore recomputes an int4 head's top logits; the head here is {recipe.mode_of(HEAD)}")
     if int8_block_size and quant != "int4":
         raise Gemma3nError(f"--int8-block-size sets the block of an int4 export's int8 linears; with --quant {quant} "
-                           "use --block-size")
+                           + ("use --block-size" if quant == "int8" else "there are no blocks"))
     if prefill_int8:
         if quant == "fp32":
             raise Gemma3nError("--prefill-int8 needs --quant int4 or int8")

@@ -233,6 +233,9 @@ def test_export_int8_block_size_needs_int4(capsys, good_ckpt, tmp_path):
     assert export(capsys, good_ckpt, tmp_path / "out", "--quant", "int8", "--int8-block-size", "64") == 2
     one_line_error(capsys, "gemma3n-export", "--int8-block-size", "--block-size")
     assert not (tmp_path / "out").exists()
+    assert export(capsys, good_ckpt, tmp_path / "out", "--quant", "fp32", "--int8-block-size", "64") == 2
+    one_line_error(capsys, "gemma3n-export", "--int8-block-size", "no blocks")
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_usage_error(capsys, tmp_path):
