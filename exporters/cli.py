@@ -43,6 +43,10 @@ def parser() -> argparse.ArgumentParser:
                         "1,800 tokens; the decoder is exported once more at int8 to measure them)")
     p.add_argument("--no-calibration", dest="calibration", action="store_const", const=None,
                    help="int4 grids from each block's [min, max] alone (faster export, lower quality)")
+    p.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE.gptq,
+                   help="with calibration: int4 values rounded column by column, each column's error carried "
+                        "into the next ones as the calibration text's activations weigh them (GPTQ); "
+                        "--no-gptq: rounded to nearest (faster export)")
     p.add_argument("--prefill-int8", action="store_true",
                    help="int4/int8: prompts run the attention and FFN linears as int8 x int8 matmuls on int8 "
                         "copies of their weights (several times faster prefill where the CPU has int8 matrix "
@@ -69,7 +73,8 @@ def main(argv=None) -> int:
                           vision_quant=args.vision_quant, audio_quant=args.audio_quant,
                           head=args.head, asymmetric=args.asymmetric, calibration=args.calibration,
                           head_rescore=args.head_rescore, prefill_int8=args.prefill_int8,
-                          head_block_size=args.head_block_size, int8_block_size=args.int8_block_size)
+                          head_block_size=args.head_block_size, int8_block_size=args.int8_block_size,
+                          gptq=args.gptq)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

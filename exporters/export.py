@@ -22,7 +22,7 @@ from .hf_config import architecture
 from .architectures import ARCHITECTURES
 from .audio import audio_part
 from .vision import DEFAULT_VISION_QUANT, vision_part
-from .calibrate import CALIBRATION_TEXT, MAX_TOKENS, calibration_ids, measure_importance
+from .calibrate import CALIBRATION_TEXT, MAX_TOKENS, calibration_ids, measure_moments
 from .onnx_graph import FLOAT
 from .quantize import DEFAULT_RECIPE, HEAD, QuantRecipe, quantize_graph, quantized_linears
 from .text_decoder import SlicePlan
@@ -57,10 +57,11 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
            vision_quant: str = DEFAULT_VISION_QUANT, audio_quant: str = "int8",
            head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None,
            calibration: str | None = CALIBRATION_TEXT, head_rescore: int | None = None,
-           prefill_int8: bool = False, head_block_size: int | None = None, int8_block_size: int | None = None) -> dict:
+           prefill_int8: bool = False, head_block_size: int | None = None, int8_block_size: int | None = None,
+           gptq: bool = True) -> dict:
     """`block_size`, `head`, `head_block_size`, `asymmetric`, `int8_linears`, `int8_block_size` and `head_rescore` default to DEFAULT_RECIPE's
     (quantize.py). `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain
-    min-max grids). `head_rescore`: with an int4 head, how many top logits the runtime recomputes
+    min-max grids; `gptq`: with calibration, int4 values rounded by GPTQ, quantize.py). `head_rescore`: with an int4 head, how many top logits the runtime recomputes
     from the embedding row table (gemma3n_rt/head.py; 0: none). `prefill_int8`: prompt chunks run
     the attention and FFN linears as int8 x int8 matmuls on int8 copies (QuantRecipe.prefill_int8)."""
     started = time.time()
@@ -74,7 +75,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
                          DEFAULT_RECIPE.int8_linears if int8_linears is None else tuple(int8_linears),
                          head_block_size=head_block_size or (DEFAULT_RECIPE.head_block_size
                                                              if quant == "int4" and head in (None, "int4") else None),
-                         int8_block_size=int8_block_size or (DEFAULT_RECIPE.int8_block_size if quant == "int4" else None))
+                         int8_block_size=int8_block_size or (DEFAULT_RECIPE.int8_block_size if quant == "int4" else None),
+                         gptq=gptq)
     if recipe.mode_of(HEAD) == "int4":
         recipe = replace(recipe, head_rescore=DEFAULT_RECIPE.head_rescore if head_rescore is None else head_rescore)
     elif head_rescore:
@@ -154,7 +156,7 @@ class TextPart:
         with tqdm(total=rows, unit="rows", desc="row tables", disable=not show_progress) as bar:
             for rel, lazy, groups in row_tables.values():
                 write_row_table(os.path.join(tmp, rel), lazy, groups, self.tables, progress=bar)
-        importance = self._calibrate(tmp, row_tables, show_progress) if self.calibration else None
+        moments = self._calibrate(tmp, row_tables, show_progress) if self.calibration else None
         store = WeightStore(os.path.join(tmp, "text/weights.bin"))
         entries = []
         for plan in tqdm(self.plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(self.plans) < 2):
@@ -163,7 +165,7 @@ class TextPart:
             graph = builder.build()
             if self.recipe.head_rescore:
                 expose_head_input(graph, src.hidden_size)
-            quantize_graph(graph, self.recipe, importance)
+            quantize_graph(graph, self.recipe, moments)
             graph_file = f"text/decoder.{plan.name}.onnx"
             sizes: dict[str, int] = {}
             with tqdm(total=len(graph.weights), unit="tensor", desc=plan.name, leave=False,
@@ -197,7 +199,7 @@ class TextPart:
         }
 
     def _calibrate(self, tmp: str, row_tables: dict, show_progress: bool) -> dict:
-        """The importance of every int4 linear's input features (calibrate.py), measured on a
+        """The second moments of every int4 linear's input (calibrate.py), measured on a
         scratch int8 bundle of the largest slice inside `tmp` that shares the row tables."""
         src, arch = self.src, self.arch
         scratch = os.path.join(tmp, ".calibration")
@@ -226,11 +228,11 @@ class TextPart:
         entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, "int8", arch.effective_params(src, plan))
         write_manifest(scratch, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                                  **self._manifest(int8, [entry], row_tables)})
-        importance = measure_importance(scratch, graph_file, taps, self.calibration_ids)
+        moments = measure_moments(scratch, graph_file, taps, self.calibration_ids, full=self.recipe.gptq)
         shutil.rmtree(scratch)
         name = "built-in" if self.calibration == CALIBRATION_TEXT else os.path.basename(self.calibration)
-        self.calibrated = {"text": name, "tokens": len(self.calibration_ids)}
-        return importance
+        self.calibrated = {"text": name, "tokens": len(self.calibration_ids), "gptq": self.recipe.gptq}
+        return moments
 
 
 def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str,

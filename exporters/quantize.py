@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from dataclasses import dataclass
 
 from .checkpoint import Lazy
+from .gptq import gptq_factor, gptq_round
 from .onnx_graph import MS_DOMAIN, Graph, Linear
 
 MODES = {"int4": 4, "int8": 8}
@@ -34,6 +35,7 @@ class QuantRecipe:
     head_block_size: int | None = None  # the head's block (None: block_size)
     int8_block_size: int | None = None  # with int4: the block of the int8_linears (None: block_size)
     prefill_int8: bool = False         # prompt chunks: attention and FFN as int8 x int8 matmuls on int8 copies
+    gptq: bool = True                  # calibrated int4: each column's rounding error carried into the next (GPTQ)
 
     def block_of(self, key: str, k: int) -> int:
         """The block of the linear `key` with k inputs: a wide block at most the largest power of two
@@ -91,8 +93,54 @@ SHRINKS = (0.95, 0.9, 0.85, 0.8)
 REFITS = 2     # then the winner is refit by weighted least squares (270M: KL 0.090 -> 0.080)
 
 
-def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importance: np.ndarray | None = None
-                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _grids(padded: np.ndarray, top: int, weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each block's levels, scale and zero point for padded [n, blocks, block]: [min, max], or with
+    `weight` [blocks, block] the grid of least weighted error (quantize_blockwise_asymmetric())."""
+    lo, hi = np.minimum(padded.min(axis=2), 0), np.maximum(padded.max(axis=2), 0)
+    span = np.where(hi > lo, hi - lo, top)      # an all-zero block: scale 1
+    scales = span / top
+    zp = np.clip(np.rint(-lo / scales), 0, top)
+    q = np.clip(np.rint(padded / scales[..., None]) + zp[..., None], 0, top)
+    if weight is None:
+        return q, scales, zp
+
+    def cost(q, scales, zp):
+        return (np.square((q - zp[..., None]) * scales[..., None] - padded) * weight).sum(axis=2)
+
+    best = {"q": q, "scales": scales, "zp": zp, "err": cost(q, scales, zp)}
+
+    def consider(s, z):
+        """Quantize with scale s and zero point z; keep the blocks where that costs less."""
+        cq = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, top)
+        cerr = cost(cq, s, z)
+        better = cerr < best["err"]
+        best.update(q=np.where(better[..., None], cq, best["q"]), scales=np.where(better, s, best["scales"]),
+                    zp=np.where(better, z, best["zp"]), err=np.where(better, cerr, best["err"]))
+
+    for shrink in SHRINKS:
+        s = span * shrink / top
+        centre = np.rint((lo + hi) / 2 / -s + top / 2)
+        for z in (centre - 1, centre, centre + 1):
+            consider(s, np.clip(z, 0, top))
+    for _ in range(REFITS):
+        # the best levels so far, refit: weighted least squares for scale and offset, the zero
+        # point rounded, the scale fit again for it (llama.cpp's make_qkx2_quants, integer zero)
+        q = best["q"]
+        total = weight.sum(axis=1)
+        mean_q = (q * weight).sum(axis=2) / total
+        mean_w = (padded * weight).sum(axis=2) / total
+        dq = q - mean_q[..., None]
+        var = (np.square(dq) * weight).sum(axis=2)
+        s = (dq * (padded - mean_w[..., None]) * weight).sum(axis=2) / np.where(var > 0, var, 1)
+        z = np.clip(np.rint(mean_q - mean_w / np.where(s > 0, s, 1)), 0, top)
+        lv = q - z[..., None]
+        s = (lv * padded * weight).sum(axis=2) / np.maximum((np.square(lv) * weight).sum(axis=2), 1e-30)
+        consider(np.where(s > 0, s, best["scales"]), z)
+    return best["q"], best["scales"], best["zp"]
+
+
+def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importance: np.ndarray | None = None,
+                                  carry: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Asymmetric blockwise quantization of w [N, K] -> (packed, scales [N*blocks], zero points
     uint8 [N, ceil(blocks*bits/8)] packed as MatMulNBits reads them). Each block's [min, max]
     (widened to include 0, so that 0 stays exact) spans all 2^bits levels.
@@ -101,56 +149,24 @@ def quantize_blockwise_asymmetric(w: np.ndarray, bits: int, block: int, importan
     at 4 bits, narrower grids are tried as well, and refit, and each block keeps the one with the
     least sum of importance * error^2, the error the layer's output sees (llama.cpp's imatrix idea).
     Plain squared error is the wrong target: measured on the real Gemma 3 270M, it lowers weight
-    error 10-25 % but raises the KL to fp32."""
+    error 10-25 % but raises the KL to fp32.
+
+    `carry` (with importance at 4 bits; gptq.gptq_factor()): the grids chosen so, the values are
+    then rounded column by column, each column's error carried into the columns after it (GPTQ)."""
     n, k = w.shape
     blocks = -(-k // block)
     padded = np.zeros((n, blocks * block), np.float32)
     padded[:, :k] = w
     padded = padded.reshape(n, blocks, block)
     top = 2 ** bits - 1
-    lo, hi = np.minimum(padded.min(axis=2), 0), np.maximum(padded.max(axis=2), 0)
-    span = np.where(hi > lo, hi - lo, top)      # an all-zero block: scale 1
-    scales = span / top
-    zp = np.clip(np.rint(-lo / scales), 0, top)
-    q = np.clip(np.rint(padded / scales[..., None]) + zp[..., None], 0, top)
+    weight = None
     if importance is not None and bits == 4:
         weight = np.zeros(blocks * block, np.float32)
         weight[:k] = importance
         weight = weight.reshape(blocks, block)
-
-        def cost(q, scales, zp):
-            return (np.square((q - zp[..., None]) * scales[..., None] - padded) * weight).sum(axis=2)
-
-        best = {"q": q, "scales": scales, "zp": zp, "err": cost(q, scales, zp)}
-
-        def consider(s, z):
-            """Quantize with scale s and zero point z; keep the blocks where that costs less."""
-            cq = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, top)
-            cerr = cost(cq, s, z)
-            better = cerr < best["err"]
-            best.update(q=np.where(better[..., None], cq, best["q"]), scales=np.where(better, s, best["scales"]),
-                        zp=np.where(better, z, best["zp"]), err=np.where(better, cerr, best["err"]))
-
-        for shrink in SHRINKS:
-            s = span * shrink / top
-            centre = np.rint((lo + hi) / 2 / -s + top / 2)
-            for z in (centre - 1, centre, centre + 1):
-                consider(s, np.clip(z, 0, top))
-        for _ in range(REFITS):
-            # the best levels so far, refit: weighted least squares for scale and offset, the zero
-            # point rounded, the scale fit again for it (llama.cpp's make_qkx2_quants, integer zero)
-            q = best["q"]
-            total = weight.sum(axis=1)
-            mean_q = (q * weight).sum(axis=2) / total
-            mean_w = (padded * weight).sum(axis=2) / total
-            dq = q - mean_q[..., None]
-            var = (np.square(dq) * weight).sum(axis=2)
-            s = (dq * (padded - mean_w[..., None]) * weight).sum(axis=2) / np.where(var > 0, var, 1)
-            z = np.clip(np.rint(mean_q - mean_w / np.where(s > 0, s, 1)), 0, top)
-            lv = q - z[..., None]
-            s = (lv * padded * weight).sum(axis=2) / np.maximum((np.square(lv) * weight).sum(axis=2), 1e-30)
-            consider(np.where(s > 0, s, best["scales"]), z)
-        q, scales, zp = best["q"], best["scales"], best["zp"]
+    q, scales, zp = _grids(padded, top, weight)
+    if carry is not None and weight is not None:
+        q = gptq_round(padded, scales, zp, top, carry)
     q, zp = q.astype(np.uint8), zp.astype(np.uint8)
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
@@ -179,11 +195,13 @@ def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: i
 
 
 def quantize_rows(src: Lazy, bits: int, block: int, asymmetric: bool = False, rows: int = 4096,
-                  importance: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  importance: np.ndarray | None = None, moments: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Blockwise quantization over `rows` rows at a time, so a 262400-row LM head needs little
-    memory. Returns {"q": packed, "scales": ..., and "zero_points" when asymmetric}."""
+    memory. Returns {"q": packed, "scales": ..., and "zero_points" when asymmetric}. `moments`
+    (with importance, 4 bits): the input's x x^T, for GPTQ rounding."""
     n, k = src.shape
     blocks = -(-k // block)
+    carry = gptq_factor(moments, blocks * block) if moments is not None and importance is not None and bits == 4 else None
     out = {"q": np.empty((n, blocks, block * bits // 8), np.uint8), "scales": np.empty((n, blocks), np.float32)}
     if asymmetric:
         out["zero_points"] = np.empty((n, -(-blocks * bits // 8)), np.uint8)
@@ -192,7 +210,7 @@ def quantize_rows(src: Lazy, bits: int, block: int, asymmetric: bool = False, ro
         b = min(n, a + rows)
         w = src.rows(a, b) if whole is None else whole[a:b]
         if asymmetric:
-            out["q"][a:b], s, out["zero_points"][a:b] = quantize_blockwise_asymmetric(w, bits, block, importance)
+            out["q"][a:b], s, out["zero_points"][a:b] = quantize_blockwise_asymmetric(w, bits, block, importance, carry)
         else:
             out["q"][a:b], s = quantize_blockwise(w, bits, block)
         out["scales"][a:b] = s.reshape(b - a, blocks)
@@ -208,24 +226,28 @@ def quantized_linears(graph: Graph, recipe: QuantRecipe, *modes: str) -> list[Li
             if recipe.mode_of(lin.key) in modes and min(lin.source.shape) >= MIN_DIM]
 
 
-def quantize_graph(graph: Graph, recipe: QuantRecipe | str, importance: dict[str, np.ndarray] | None = None) -> None:
+def quantize_graph(graph: Graph, recipe: QuantRecipe | str, moments: dict[str, np.ndarray] | None = None) -> None:
     """Rewrite every large enough linear of `graph` as MatMulNBits, and every gather of a weight's
-    rows as GatherBlockQuantized on an int8 copy of those rows, in place. `importance`: per stored tensor key,
-    its input features' calibration weights (calibrate.py), used by int4 with zero points; the
-    calibration covers every int4 linear of the largest slice, so of all slices."""
+    rows as GatherBlockQuantized on an int8 copy of those rows, in place. `moments`: per stored
+    tensor key, the mean x x^T [K, K] of its input over the calibration text, or its diagonal [K]
+    (calibrate.py), used by int4 with zero points: the diagonal weighs the grids, the whole matrix
+    (with recipe.gptq) rounds by GPTQ. The calibration covers every int4 linear of the largest
+    slice, so of all slices."""
     recipe = QuantRecipe(recipe) if isinstance(recipe, str) else recipe
     int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
     for lin in quantized_linears(graph, recipe, "int4", "int8"):
         if lin.int8_matmul:
             _int8_matmul(graph, lin)
             continue
-        imp = None
+        imp = m = None
         # the head is applied to one position per chunk: too few samples to weigh it by
-        if importance is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
-            imp = importance.get(lin.key)
-            assert imp is not None and imp.shape == (lin.source.shape[1],), f"calibration missed {lin.key}"
+        if moments is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
+            k = lin.source.shape[1]
+            m = moments.get(lin.key)
+            assert m is not None and m.shape in ((k, k), (k,)), f"calibration missed {lin.key}"
+            imp, m = (np.diag(m).copy(), m) if m.ndim == 2 else (m, None)
         qw = quantized_weight(lin.source, lin.key, MODES[recipe.mode_of(lin.key)], recipe.block_of(lin.key, lin.source.shape[1]),
-                              recipe.asymmetric, imp)
+                              recipe.asymmetric, imp, m if recipe.gptq else None)
         graph.weights.pop(lin.weight, None)
         parts = qw.inputs(graph, lin.rows)
         for node in lin.nodes:
@@ -339,7 +361,7 @@ class QuantizedWeight:
 
 
 def quantized_weight(source: Lazy, key: str, bits: int, block: int, asym: bool,
-                     importance: np.ndarray | None) -> QuantizedWeight:
+                     importance: np.ndarray | None, moments: np.ndarray | None = None) -> QuantizedWeight:
     n, k = source.shape
     blocks = -(-k // block)
     zp_bytes = -(-blocks * bits // 8)
@@ -349,7 +371,7 @@ def quantized_weight(source: Lazy, key: str, bits: int, block: int, asym: bool,
         # the parts are written one after another: the source is read and quantized once
         if name not in cache:
             cache.clear()
-            cache.update(quantize_rows(source, bits, block, asym, importance=importance))
+            cache.update(quantize_rows(source, bits, block, asym, importance=importance, moments=moments))
         return cache.pop(name)
 
     return QuantizedWeight(

@@ -382,10 +382,14 @@ def test_export_int4_calibration_is_recorded_and_leaves_no_scratch(capsys, good_
     out = tmp_path / "out"
     assert export(capsys, good_ckpt, out) == 0                   # int4: calibrated by default
     calibration = json.loads((out / "manifest.json").read_text())["quantization"]["calibration"]
-    assert calibration["text"] == "built-in" and 64 <= calibration["tokens"] <= 2048
+    assert calibration["text"] == "built-in" and 64 <= calibration["tokens"] <= 2048 and calibration["gptq"] is True
     assert not any(".calibration" in str(p) for p in out.rglob("*"))
     Bundle.open(out).verify()
     assert os.listdir(tmp_path) == ["out"]
+    carried = (out / "text/weights.bin").read_bytes()
+    assert export(capsys, good_ckpt, out, "--no-gptq", "--force") == 0      # the same grids, nearest rounding
+    assert json.loads((out / "manifest.json").read_text())["quantization"]["calibration"]["gptq"] is False
+    assert (out / "text/weights.bin").read_bytes() != carried
     assert export(capsys, good_ckpt, out, "--no-calibration", "--force") == 0
     assert json.loads((out / "manifest.json").read_text())["quantization"]["calibration"] is None
 

@@ -86,7 +86,8 @@ def agreement_and_kl(export_tiny, quant: str, **export_kw) -> tuple[list, list]:
 
 
 # Measured on these tiny random models (hidden size 64, block 32): int8 agrees on 1.000 of the
-# steps (mean KL 0.0018), the default int4 (calibrated) on 0.919 (mean KL 0.069).
+# steps (mean KL 0.0020), the default int4 (calibrated, GPTQ) on 0.909 (mean KL 0.077; without
+# GPTQ 0.919 and 0.069: on random weights GPTQ doesn't pay, on the real Gemma 3 270M it does, README).
 @pytest.mark.parametrize("quant,min_agree,max_kl", [("int8", 0.95, 0.01), ("int4", 0.85, 0.15)])
 def test_quantized_close_to_fp32(export_tiny, quant, min_agree, max_kl, record_property):
     """On models with a peaked next-token distribution (embed_std=1) so that agreement means something."""
@@ -100,7 +101,7 @@ def test_quantized_close_to_fp32(export_tiny, quant, min_agree, max_kl, record_p
 
 def test_calibrated_int4_is_closer_to_fp32_than_min_max_grids(export_tiny):
     """The calibration text weighs each block's int4 grid (exporters/calibrate.py). Measured here:
-    mean KL 0.069 calibrated, 0.110 with plain min-max grids."""
+    mean KL 0.077 calibrated (with GPTQ), 0.106 with plain min-max grids."""
     _, calibrated = agreement_and_kl(export_tiny, "int4")
     _, plain = agreement_and_kl(export_tiny, "int4", calibration=None)
     print(f"int4 mean KL: calibrated {np.mean(calibrated):.5f}, min-max {np.mean(plain):.5f}")

@@ -4,7 +4,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.quantize import dequantize_blockwise, quantize_blockwise, quantize_blockwise_asymmetric
+from exporters.checkpoint import Lazy
+from exporters.gptq import gptq_factor
+from exporters.quantize import dequantize_blockwise, quantize_blockwise, quantize_blockwise_asymmetric, quantize_rows
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -81,3 +83,42 @@ def test_importance_weighted_int4_grid_never_loses_to_min_max():
         q8 = quantize_blockwise_asymmetric(w, bits, block, importance if bits == 8 else None)
         ref = quantize_blockwise_asymmetric(w, bits, block)
         assert all(np.array_equal(a, b) for a, b in zip(q8, ref))
+
+
+def _output_error(w, packed, moments):
+    """The mean squared error of the layer's output over inputs with second moments `moments`."""
+    q, s, z = packed
+    e = (dequantize_blockwise(q, s, 4, w.shape[1], z) - w).astype(np.float64)
+    return np.einsum("ij,jk,ik->", e, moments, e) / w.shape[0]
+
+
+def test_gptq_rounding_lowers_the_output_error():
+    """GPTQ carries each column's rounding error into the columns not yet rounded, weighted by the
+    inputs' correlations: on correlated inputs the output error falls well below nearest rounding
+    on the same kind of grids (measured here: about half); on uncorrelated inputs nothing is
+    carried and the result is nearest rounding, bit for bit."""
+    rng = np.random.default_rng(7)
+    n, k, t, block = 96, 160, 1000, 32     # 160: the last of 5 blocks is whole; k=150 below pads
+    mix = np.eye(k) + 0.1 * rng.standard_normal((k, k))
+    x = rng.standard_normal((t, k)) @ mix * np.where(rng.random(k) < 0.05, 4.0, 1.0)   # a few strong features
+    moments = x.T @ x / t
+    w = (0.05 * rng.standard_normal((n, k))).astype(np.float32)
+    importance = np.diag(moments).copy()
+    nearest = quantize_blockwise_asymmetric(w, 4, block, importance)
+    carried = quantize_blockwise_asymmetric(w, 4, block, importance, gptq_factor(moments, k))
+    err_nearest, err_carried = _output_error(w, nearest, moments), _output_error(w, carried, moments)
+    print(f"output error: nearest {err_nearest:.6f}, GPTQ {err_carried:.6f}")
+    assert err_carried < 0.75 * err_nearest
+    diagonal = np.diag(importance)
+    same = quantize_blockwise_asymmetric(w, 4, block, importance, gptq_factor(diagonal, k))
+    assert all(np.array_equal(a, b) for a, b in zip(same, nearest))
+    # through quantize_rows in chunks of rows, with a padded last block: the same rows as a whole
+    w = w[:, :150]
+    m = moments[:150, :150]
+    whole = quantize_rows(Lazy("w", w.shape, lambda: w), 4, block, True, importance=np.diag(m).copy(), moments=m)
+    chunked = quantize_rows(Lazy("w", w.shape, lambda: w), 4, block, True, rows=40, importance=np.diag(m).copy(),
+                            moments=m)
+    assert all(np.array_equal(whole[p], chunked[p]) for p in ("q", "scales", "zero_points"))
+    plain = quantize_rows(Lazy("w", w.shape, lambda: w), 4, block, True, importance=np.diag(m).copy())
+    assert _output_error(w, (whole["q"], whole["scales"], whole["zero_points"]), m) < \
+        0.75 * _output_error(w, (plain["q"], plain["scales"], plain["zero_points"]), m)
