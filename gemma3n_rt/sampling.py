@@ -51,8 +51,11 @@ class Sampler:
             ids = np.argpartition(logits, -p.top_k)[-p.top_k:]
         else:
             ids = np.arange(logits.size)
-        scaled = logits[ids].astype(np.float64) / p.temperature
-        probs = np.exp(scaled - scaled.max())
+        x = logits[ids].astype(np.float64)
+        # the max subtracted before the division: a tiny temperature then sends the others to -inf
+        # (probability 0), where dividing first gave inf - inf = nan and an arbitrary token
+        with np.errstate(over="ignore"):
+            probs = np.exp((x - x.max()) / p.temperature)
         probs /= probs.sum()
 
         if p.top_p < 1:

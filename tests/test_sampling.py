@@ -51,6 +51,15 @@ def test_top_k_one_and_tiny_top_p_are_greedy(logits):
     assert set(draws(SamplingParams(temperature=2.0, top_p=1e-9, seed=0), logits, 20)) == {best}
 
 
+def test_tiny_temperature_is_greedy(logits):
+    """A temperature near 0 (down to the smallest float) picks the argmax, with no nan on the way."""
+    best = int(np.argmax(logits))
+    with np.errstate(invalid="raise", divide="raise"):
+        for t in (1e-3, 1e-30, 1e-300, 5e-324):
+            assert set(draws(SamplingParams(temperature=t, seed=0), logits, 5)) == {best}
+            assert set(draws(SamplingParams(temperature=t, top_k=40, top_p=0.9, seed=0), logits, 5)) == {best}
+
+
 def test_top_k_stays_within_top_k():
     small = np.array([3.0, -1.0, 2.5, 0.0, 2.9, 1.0, 2.8, -2.0], dtype=np.float32)
     counts = np.bincount(draws(SamplingParams(temperature=5.0, top_k=3, seed=7), small, 3000),
