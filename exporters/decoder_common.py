@@ -20,6 +20,8 @@ class DecoderGraph:
     caches: list[CacheSpec]
     cache_of: dict[int, int]
     prefill_int8 = False   # prompt chunks: attention and FFN linears as int8 x int8 matmuls (QuantRecipe.prefill_int8)
+    every_position = False  # calibration: the final block and norm over every position, the head on the last
+    head_input = ""         # set by lm_head(): the normed states the head reads, every position's with every_position
 
     def __init__(self, src, weights: dict[str, Lazy], graph_name: str):
         self.src, self.w = src, weights
@@ -155,9 +157,12 @@ class DecoderGraph:
 
     # -- output -------------------------------------------------------------------------------
     def lm_head(self, h: str) -> None:
-        """norm, the tied LM head and the softcap on the last position's hidden state [1, D]."""
+        """norm, the tied LM head and the softcap on the last position's hidden state [1, D]
+        (h from last_position())."""
         g, src = self.g, self.src
-        h = self.rms_norm(h, "norm")
+        h = self.head_input = self.rms_norm(h, "norm")
+        if self.every_position:
+            h = self._slice_last(h)
         logits = g.linear(h, self.w["embed_tokens"], "lm_head")
         cap = src.final_logit_softcapping
         if cap:
@@ -165,5 +170,9 @@ class DecoderGraph:
         g.output(g.op("Reshape", logits, g.const([src.vocab_size], np.int64)), "logits", FLOAT, [src.vocab_size])
 
     def last_position(self, x: str) -> str:
+        """x's last position; with every_position all of x (lm_head() slices after the norm)."""
+        return x if self.every_position else self._slice_last(x)
+
+    def _slice_last(self, x: str) -> str:
         g = self.g
         return g.op("Slice", x, g.const([-1], np.int64), g.const([2**62], np.int64), g.const([0], np.int64))

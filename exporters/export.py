@@ -210,13 +210,12 @@ class TextPart:
         plan = max(self.plans, key=lambda p: arch.effective_params(src, p))
         builder = arch.builder(src, self.weights, plan, self.plans)
         builder.sparse_decode = False   # every linear's input is then a value of the main graph, tappable
+        builder.every_position = True   # the head's input (and the final block's) at every position, not one per chunk
         graph = builder.build()
         taps: dict[str, list[str]] = {}
         for lin in quantized_linears(graph, self.recipe, "int4"):
-            if lin.key == HEAD:        # not weighed (quantize.py)
-                continue
             for node in lin.nodes:
-                taps.setdefault(node.input[0], []).append(lin.key)
+                taps.setdefault(builder.head_input if lin.key == HEAD else node.input[0], []).append(lin.key)
         int8 = replace(self.recipe, mode="int8", head="int8", int8_linears=(), head_rescore=0)
         quantize_graph(graph, int8)
         graph_file = f"text/decoder.{plan.name}.onnx"

@@ -230,8 +230,8 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, moments: dict[str, n
     """Rewrite every large enough linear of `graph` as MatMulNBits, and every gather of a weight's
     rows as GatherBlockQuantized on an int8 copy of those rows, in place. `moments`: per stored
     tensor key, the mean x x^T [K, K] of its input over the calibration text, or its diagonal [K]
-    (calibrate.py), used by int4 with zero points: the diagonal weighs the grids, the whole matrix
-    (with recipe.gptq) rounds by GPTQ. The calibration covers every int4 linear of the largest
+    (calibrate.py), used by int4 with zero points (the LM head too): the diagonal weighs the grids,
+    the whole matrix (with recipe.gptq) rounds by GPTQ. The calibration covers every int4 linear of the largest
     slice, so of all slices."""
     recipe = QuantRecipe(recipe) if isinstance(recipe, str) else recipe
     int4 = {id(lin) for lin in quantized_linears(graph, recipe, "int4")}
@@ -240,8 +240,7 @@ def quantize_graph(graph: Graph, recipe: QuantRecipe | str, moments: dict[str, n
             _int8_matmul(graph, lin)
             continue
         imp = m = None
-        # the head is applied to one position per chunk: too few samples to weigh it by
-        if moments is not None and id(lin) in int4 and recipe.asymmetric and lin.key != HEAD:
+        if moments is not None and id(lin) in int4 and recipe.asymmetric:
             k = lin.source.shape[1]
             m = moments.get(lin.key)
             assert m is not None and m.shape in ((k, k), (k,)), f"calibration missed {lin.key}"
