@@ -3,7 +3,7 @@
 The decoder is exported once at int8 into a scratch bundle (its activations are within about
 0.003 KL of fp32), the runtime feeds it a calibration text, and every int4-bound linear's input
 x [K] is read back: moments[key] is the mean of x x^T [K, K] over the text's positions (E2B: 185
-such inputs, 1.97 GiB), or with `full=False` its diagonal alone. The scratch graph runs its final
+such inputs, 1.96 GiB), or with `full=False` its diagonal alone. The scratch graph runs its final
 block and norm over every position (DecoderGraph.every_position), so the LM head and AltUp's
 unembedding are measured on the whole text too, not on the last position of each chunk. The diagonal (how much each input
 feature matters) picks each block's int4 grid in quantize.py; the whole matrix lets the rounding
