@@ -210,12 +210,28 @@ class DecoderBuilder(DecoderGraph):
         rows_only = self.src.activation_sparsity[layer] > 0 and self.sparse_decode
         if not (rows_only or self.prefill_int8):
             return self.ffn(x, layer, width)
+        if not self.prefill_int8:
+            # both branches take the same gate: computed before the If, so that onnxruntime prepacks
+            # its weights once, not once per branch
+            act = self.activation(x, layer, width)
+            return self.g.cond(self.one_token(x), lambda: self.sparse_mlp(x, act, layer, width),
+                               lambda: self.up_down(x, act, layer, width))
         return self.g.cond(self.one_token(x), lambda: self.ffn(x, layer, width, active_rows=rows_only),
-                           lambda: self.ffn(x, layer, width, int8_matmul=self.prefill_int8))
+                           lambda: self.ffn(x, layer, width, int8_matmul=True))
 
     def ffn(self, x: str, layer: int, width: int, active_rows: bool = False, int8_matmul: bool = False) -> str:
         """The FFN; `active_rows`: of one token, reading only the rows its sparse activation uses;
         `int8_matmul`: with int8 x int8 matmuls (quantize.py), for prompt chunks."""
+        act = self.activation(x, layer, width, int8_matmul)
+        if active_rows:
+            return self.sparse_mlp(x, act, layer, width)
+        return self.up_down(x, act, layer, width, int8_matmul)
+
+    def up_down(self, x: str, act: str, layer: int, width: int, int8_matmul: bool = False) -> str:
+        return self.down(self.g.op("Mul", act, self.in_proj(x, layer, "up_proj", width, int8_matmul)), layer, width, int8_matmul)
+
+    def activation(self, x: str, layer: int, width: int, int8_matmul: bool = False) -> str:
+        """gelu(sparsify(gate(x))) [T, width]."""
         g = self.g
         gate = self.in_proj(x, layer, "gate_proj", width, int8_matmul)
         sparsity = self.src.activation_sparsity[layer]
@@ -224,10 +240,7 @@ class DecoderBuilder(DecoderGraph):
             std = g.op("Sqrt", self.mean_last(g.op("Pow", g.op("Sub", gate, mean), g.const(2.0))))
             cutoff = g.op("Add", mean, g.op("Mul", std, g.const(std_multiplier(sparsity))))
             gate = g.op("Relu", g.op("Sub", gate, cutoff))
-        act = g.op("Gelu", gate, approximate="tanh")    # [T, width]; with sparsity mostly 0
-        if active_rows:
-            return self.sparse_mlp(x, act, layer, width)
-        return self.down(g.op("Mul", act, self.in_proj(x, layer, "up_proj", width, int8_matmul)), layer, width, int8_matmul)
+        return g.op("Gelu", gate, approximate="tanh")    # with sparsity mostly 0
 
     def in_proj(self, x: str, layer: int, name: str, width: int, int8_matmul: bool) -> str:
         """gate_proj or up_proj at width `width`. Their int8 matmul copies are stored transposed, where
