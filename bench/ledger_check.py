@@ -1,9 +1,10 @@
 """Measure a slice's resident memory against its ledger, in a fresh process.
 
-    python bench/ledger_check.py BUNDLE SLICE [--context N] [--prompt-tokens N]
+    python bench/ledger_check.py BUNDLE SLICE [--context N] [--prompt-tokens N] [--prepacked auto|on|off]
 
-Prints one JSON line: the ledger's parts and total, and the measured growth of RssAnon from
-before `load` to after a prefill of --prompt-tokens and 16 decode steps.
+Prints one JSON line: the ledger's parts, total and anonymous part, whether the prepacked weights
+were mapped, and the measured growth of RssAnon from before `load` to after a prefill of
+--prompt-tokens and 16 decode steps. --prepacked on maps a prepacked copy whatever the bundle's size.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np  # noqa: E402
 import gemma3n_rt  # noqa: E402
 from gemma3n_rt.decoder import DEFAULT_CHUNK  # noqa: E402
 from gemma3n_rt.memory import rss  # noqa: E402
+from gemma3n_rt import sessions  # noqa: E402
 from gemma3n_rt.planner import ledger  # noqa: E402
 
 
@@ -30,10 +32,15 @@ def main() -> None:
     p.add_argument("--context", type=int, default=2048)
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--prepacked", choices=("auto", "on", "off"), default="auto")
     a = p.parse_args()
+    if a.prepacked != "auto":
+        os.environ[sessions.PREPACKED_ENV] = "1" if a.prepacked == "on" else "0"
+        sessions.MIN_PREPACKED_BYTES = 0
     gc.collect()
     before = rss()
     model = gemma3n_rt.load(a.bundle, effective=a.slice, context=a.context, threads=a.threads)
+    mapped = sessions.maps_prepacked(model.bundle.file(model.decoder.spec.graph))
     loaded = rss()
     text = model.bundle.text
     vocab = text.vocab_size_per_layer_input or text.vocab_size      # Gemma 3 has no PLE table
@@ -41,9 +48,9 @@ def main() -> None:
     model.generate_ids(ids, 16, stop_ids=())
     after = rss()
     led = ledger(model.bundle.text, model.decoder.spec, a.context, DEFAULT_CHUNK,
-                 model.bundle.quant.decoder)
+                 model.bundle.quant.decoder, mapped)
     print(json.dumps({"slice": a.slice, "context": a.context, "ledger": {"weights": led.weights, "kv": led.kv,
-                      "workspace": led.workspace, "total": led.total},
+                      "workspace": led.workspace, "total": led.total, "anon": led.anon, "mapped": led.mapped},
                       "rss_anon_after_load": loaded["anon"] - before["anon"],
                       "rss_anon_after_generate": after["anon"] - before["anon"],
                       "peak_rss_anon": model.last_stats.peak.anon - before["anon"],

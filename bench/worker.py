@@ -63,8 +63,6 @@ def run_llama(path: str, ids: list[int], decode: int, threads: int, context: int
 
 
 def main(argv=None) -> None:
-    import os
-    os.environ.setdefault("GEMMA3N_PREPACKED", "1")   # the bench measures mapped prepacked weights
     p = argparse.ArgumentParser()
     p.add_argument("runtime", choices=("ours", "llama.cpp"))
     p.add_argument("path")

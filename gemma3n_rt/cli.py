@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -12,6 +13,7 @@ from .memory import parse_bytes
 from .decoder import DEFAULT_CHUNK
 from .model import DEFAULT_CONTEXT, load
 from .planner import MiB, choose_slice, encoder_bytes, ledger
+from .sessions import maps_prepacked
 
 
 def _int_at_least(low: int):
@@ -107,6 +109,8 @@ def print_plan(args) -> None:
         mark = "  <- chosen" if s == chosen else ""
         print(f"{s.name:<16}{s.effective_params / 1e9:>10.2f}B{mmlu:>7}{l.weights / MiB:>10.0f}{l.kv / MiB:>9.0f}"
               f"{l.workspace / MiB:>11.0f}{l.total / MiB:>10.0f}{mark}")
+    if any(maps_prepacked(bundle.file(s.graph)) for s in bundle.slices):
+        print("weights: mapped from their prepacked copy (page cache the kernel can reclaim), not anonymous memory")
     for kind, tower in (("image", bundle.vision), ("audio", bundle.audio)):
         if tower is not None:
             used = "" if kind in modalities(args) else "  (not needed for this request)"
@@ -135,6 +139,7 @@ def main(argv=None) -> int:
             raise Gemma3nError("give a PROMPT, or --interactive to chat")
         from .sampling import SamplingParams
         SamplingParams(**sampling)   # bad sampling flags fail before the model loads
+        notes_to_stderr()
         model = load(args.model, args.effective, args.memory_budget, args.threads, args.context,
                      modalities=modalities(args), windowing=args.windowing, max_crops=args.max_crops,
                      max_clips=args.max_clips)
@@ -149,6 +154,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+
+
+def notes_to_stderr() -> None:
+    """The runtime's one-off notes on stderr: a decoder's first load writes its prepacked weights
+    (sessions.py), which takes a while and the disk space of about twice its weights."""
+    runtime = logging.getLogger("gemma3n_rt")
+    if not runtime.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("gemma3n-run: %(message)s"))
+        runtime.addHandler(handler)
+        runtime.setLevel(logging.INFO)
 
 
 def chat_loop(model, args, sampling) -> int:

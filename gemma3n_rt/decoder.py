@@ -26,7 +26,7 @@ class TextDecoder:
         if not 1 <= context <= cfg.max_position_embeddings:
             raise Gemma3nError(f"context must be between 1 and {cfg.max_position_embeddings}, got {context}")
         self.bundle, self.spec, self.cfg, self.context, self.chunk, self.threads = bundle, spec, cfg, context, chunk, threads
-        self.session = create_session(bundle.file(spec.graph), threads)
+        self.session = create_session(bundle.file(spec.graph), threads, prepacked=True)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk)
         k = bundle.quant.head_rescore

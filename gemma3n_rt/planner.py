@@ -39,13 +39,21 @@ class Ledger:
     weights: int          # decoder weights incl. the LM head, resident once loaded (prepacked; not the gathered ones)
     kv: int               # KV caches at the chosen context
     workspace: int        # activations of one prefill chunk, the session's fixed overhead, the tokenizer
+    mapped: bool = False  # the prepacked weights are a mapped file (sessions.maps_prepacked), not anonymous memory
 
     @property
     def total(self) -> int:
+        """What the slice needs resident to run at speed; mapped weights count too, as page cache."""
         return self.weights + self.kv + self.workspace
 
+    @property
+    def anon(self) -> int:
+        """Of the total, the anonymous memory (the kernel can't reclaim it without swap)."""
+        return self.total - (self.weights if self.mapped else 0)
 
-def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: str = "int4") -> Ledger:
+
+def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: str = "int4",
+           mapped: bool = False) -> Ledger:
     per_position = 2 * cfg.num_kv_heads * cfg.head_dim * 4          # K and V, float32
     kv = sum(per_position * (context if c.type == FULL else min(context, cfg.sliding_window - 1 + chunk))
              for c in spec.caches)
@@ -56,7 +64,7 @@ def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: st
     # weights only gathered by rows stay mapped (file-backed); the rest is prepacked
     weights = int((spec.weight_bytes - spec.gathered_bytes) * PREPACK.get(quant, 1.0))
     fixed = SESSION_OVERHEAD + 4 * cfg.vocab_size + TOKENIZER_BYTES_PER_PIECE * cfg.vocab_size
-    return Ledger(spec, weights, kv, fixed + activations)
+    return Ledger(spec, weights, kv, fixed + activations, mapped)
 
 
 def encoder_bytes(bundle: Bundle, modalities=()) -> int:

@@ -1,5 +1,6 @@
 """Prepacked weights written once beside the graph and mapped on later loads (sessions.py)."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -37,3 +38,64 @@ def test_a_changed_graph_gets_a_new_prepacked_copy(tmp_path):
     assert os.path.dirname(before) == str(tmp_path)
     os.utime(tmp_path / "weights.bin", ns=(1, 1))
     assert sessions.prepacked_dir(str(graph)) != before
+
+
+def own_copy(export_tiny, tmp_path):
+    """A tiny int4 bundle of this test's own (the cached one is shared with other tests)."""
+    _, bundle = export_tiny(0, "int4")
+    return shutil.copytree(bundle, tmp_path / "bundle", ignore=shutil.ignore_patterns(".prepacked*"))
+
+
+def prepacked_copies(bundle) -> list:
+    return [d for d in os.listdir(bundle / "text") if d.startswith(".prepacked")]
+
+
+IDS = [2, 17, 400, 9, 1234, 88, 5]
+
+
+def test_decoders_map_a_prepacked_copy_by_default(export_tiny, tmp_path, monkeypatch):
+    bundle = own_copy(export_tiny, tmp_path)
+    monkeypatch.delenv(sessions.PREPACKED_ENV, raising=False)
+    monkeypatch.setattr(sessions, "MIN_PREPACKED_BYTES", 0)
+    model = gemma3n_rt.load(str(bundle), context=64)
+    assert sessions.maps_prepacked(model.bundle.file(model.decoder.spec.graph))
+    assert len(prepacked_copies(bundle)) == 1
+    monkeypatch.setenv(sessions.PREPACKED_ENV, "0")
+    assert not sessions.maps_prepacked(model.bundle.file(model.decoder.spec.graph))
+
+
+def test_no_copy_where_the_disk_lacks_room(export_tiny, tmp_path, monkeypatch):
+    bundle = own_copy(export_tiny, tmp_path)
+    monkeypatch.setattr(sessions, "MIN_PREPACKED_BYTES", 0)
+    monkeypatch.setattr(sessions.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 1 << 40, 0))
+    gemma3n_rt.load(str(bundle), context=64)
+    assert not prepacked_copies(bundle)
+
+
+def test_a_failed_or_damaged_copy_falls_back_to_the_graph(export_tiny, tmp_path, monkeypatch, caplog):
+    bundle = own_copy(export_tiny, tmp_path)
+    monkeypatch.setenv(sessions.PREPACKED_ENV, "0")
+    plain = gemma3n_rt.load(str(bundle), context=64).next_token_logits(IDS)
+    monkeypatch.setenv(sessions.PREPACKED_ENV, "1")
+    monkeypatch.setattr(sessions, "MIN_PREPACKED_BYTES", 0)
+
+    # onnxruntime fails to write the copy (as on a full disk): a warning, no partial copy left
+    monkeypatch.setattr(sessions, "OPTIMIZED_DATA", os.path.join("missing", "weights.bin"))
+    with caplog.at_level("WARNING", logger="gemma3n_rt"):
+        logits = gemma3n_rt.load(str(bundle), context=64).next_token_logits(IDS)
+    assert np.array_equal(logits, plain)
+    assert not prepacked_copies(bundle)
+    assert "could not write its prepacked weights" in caplog.text
+    monkeypatch.undo()
+
+    # a damaged copy is passed over with a warning
+    monkeypatch.setenv(sessions.PREPACKED_ENV, "1")
+    monkeypatch.setattr(sessions, "MIN_PREPACKED_BYTES", 0)
+    gemma3n_rt.load(str(bundle), context=64)
+    (copy,) = prepacked_copies(bundle)
+    (bundle / "text" / copy / sessions.OPTIMIZED_GRAPH).write_bytes(b"not a graph")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gemma3n_rt"):
+        logits = gemma3n_rt.load(str(bundle), context=64).next_token_logits(IDS)
+    assert np.array_equal(logits, plain)
+    assert "could not load its prepacked copy" in caplog.text
