@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -139,10 +140,10 @@ def main(argv=None) -> int:
             raise Gemma3nError("give a PROMPT, or --interactive to chat")
         from .sampling import SamplingParams
         SamplingParams(**sampling)   # bad sampling flags fail before the model loads
-        notes_to_stderr()
-        model = load(args.model, args.effective, args.memory_budget, args.threads, args.context,
-                     modalities=modalities(args), windowing=args.windowing, max_crops=args.max_crops,
-                     max_clips=args.max_clips)
+        with notes_to_stderr():
+            model = load(args.model, args.effective, args.memory_budget, args.threads, args.context,
+                         modalities=modalities(args), windowing=args.windowing, max_crops=args.max_crops,
+                         max_clips=args.max_clips)
         if args.interactive:
             return chat_loop(model, args, sampling)
         show(model.stream(args.prompt, args.max_new_tokens, chat=not args.raw, images=args.image, audio=args.audio,
@@ -156,15 +157,21 @@ def main(argv=None) -> int:
         return 130
 
 
-def notes_to_stderr() -> None:
-    """The runtime's one-off notes on stderr: a decoder's first load writes its prepacked weights
-    (sessions.py), which takes a while and the disk space of about twice its weights."""
+@contextlib.contextmanager
+def notes_to_stderr():
+    """The runtime's one-off notes on stderr while the command runs: a decoder's first load writes
+    its prepacked weights (sessions.py), which takes a while and about twice its weights on disk."""
     runtime = logging.getLogger("gemma3n_rt")
-    if not runtime.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("gemma3n-run: %(message)s"))
-        runtime.addHandler(handler)
-        runtime.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gemma3n-run: %(message)s"))
+    level = runtime.level
+    runtime.addHandler(handler)
+    runtime.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        runtime.removeHandler(handler)
+        runtime.setLevel(level)
 
 
 def chat_loop(model, args, sampling) -> int:

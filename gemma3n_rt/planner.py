@@ -15,6 +15,10 @@ MiB = 1 << 20
 # blocks of 32 gain a float block sum beside each scale); and the SentencePiece model in memory
 # (47 MB for Gemma's 262,144 pieces).
 SESSION_OVERHEAD = 28 * MiB
+# A session that maps prepacked weights (and at first load writes them) kept up to 14.5 MiB more
+# anonymous memory than a plain one less its weights: medium E2B, 116.6-131.1 MiB in 12 runs
+# against 116.6 (bench/ledger_check.py --prepacked on|off); the run-to-run spread is the same size.
+MAPPED_OVERHEAD = 12 * MiB
 PREPACK = {"int4": 1.23, "int8": 1.11, "fp32": 1.0}   # int4 refit (from 1.2) when the head became int4
 TOKENIZER_BYTES_PER_PIECE = 208
 # onnxruntime's arena after a full chunk: its high-water mark per token of the chunk, in floats per
@@ -48,8 +52,9 @@ class Ledger:
 
     @property
     def anon(self) -> int:
-        """Of the total, the anonymous memory (the kernel can't reclaim it without swap)."""
-        return self.total - (self.weights if self.mapped else 0)
+        """The anonymous memory (the kernel can't reclaim it without swap): the total, or with the
+        weights mapped the rest and MAPPED_OVERHEAD."""
+        return self.total - self.weights + MAPPED_OVERHEAD if self.mapped else self.total
 
 
 def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: str = "int4",

@@ -1,4 +1,5 @@
 """Prepacked weights written once beside the graph and mapped on later loads (sessions.py)."""
+import logging
 import os
 import shutil
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 import gemma3n_rt
-from gemma3n_rt import sessions
+from gemma3n_rt import cli, sessions
 
 
 @pytest.mark.parametrize("quant", ["int4", "fp32"])
@@ -99,3 +100,14 @@ def test_a_failed_or_damaged_copy_falls_back_to_the_graph(export_tiny, tmp_path,
         logits = gemma3n_rt.load(str(bundle), context=64).next_token_logits(IDS)
     assert np.array_equal(logits, plain)
     assert "could not load its prepacked copy" in caplog.text
+
+
+def test_gemma3n_run_says_when_it_writes_the_copy(export_tiny, tmp_path, monkeypatch, capsys):
+    bundle = own_copy(export_tiny, tmp_path)
+    monkeypatch.setenv(sessions.PREPACKED_ENV, "1")
+    monkeypatch.setattr(sessions, "MIN_PREPACKED_BYTES", 0)
+    assert cli.main(["--model", str(bundle), "--max-new-tokens", "2", "--temperature", "0", "Hello"]) == 0
+    assert "writing its prepacked weights for this CPU once" in capsys.readouterr().err
+    assert not logging.getLogger("gemma3n_rt").handlers      # nothing left bound to this command's stderr
+    assert cli.main(["--model", str(bundle), "--max-new-tokens", "2", "--temperature", "0", "Hello"]) == 0
+    assert "writing" not in capsys.readouterr().err           # written once
