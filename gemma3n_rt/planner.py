@@ -52,9 +52,9 @@ class Ledger:
 
     @property
     def anon(self) -> int:
-        """The anonymous memory (the kernel can't reclaim it without swap): the total, or with the
-        weights mapped the rest and MAPPED_OVERHEAD."""
-        return self.total - self.weights + MAPPED_OVERHEAD if self.mapped else self.total
+        """The anonymous memory (the kernel can't reclaim it without swap): all of it, or with the
+        weights mapped all but them."""
+        return self.total - self.weights if self.mapped else self.total
 
 
 def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: str = "int4",
@@ -68,7 +68,8 @@ def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: st
                                                  + per_score * cfg.num_attention_heads * context))
     # weights only gathered by rows stay mapped (file-backed); the rest is prepacked
     weights = int((spec.weight_bytes - spec.gathered_bytes) * PREPACK.get(quant, 1.0))
-    fixed = SESSION_OVERHEAD + 4 * cfg.vocab_size + TOKENIZER_BYTES_PER_PIECE * cfg.vocab_size
+    fixed = (SESSION_OVERHEAD + (MAPPED_OVERHEAD if mapped else 0) + 4 * cfg.vocab_size
+             + TOKENIZER_BYTES_PER_PIECE * cfg.vocab_size)
     return Ledger(spec, weights, kv, fixed + activations, mapped)
 
 

@@ -58,7 +58,12 @@ def create_session(path: str, threads: int | None = None, providers=CPU,
                 return cached
         return ort.InferenceSession(path, session_options(threads, memory_pattern), providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types; keep the first line
-        raise Gemma3nError(f"{path}: onnxruntime could not load it: {str(e).splitlines()[0]}") from None
+        raise Gemma3nError(f"{path}: onnxruntime could not load it: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """onnxruntime's messages run to many lines; the first says what went wrong."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def maps_prepacked(path: str) -> bool:
@@ -112,8 +117,7 @@ def _prepacked_session(path: str, threads: int | None, memory_pattern: bool) -> 
     try:
         return ort.InferenceSession(os.path.join(target, OPTIMIZED_GRAPH), opts, providers=list(CPU))
     except Exception as e:   # a damaged copy: the graph itself may still load
-        log.warning("%s: could not load its prepacked copy %s (%s); loading without it",
-                    path, target, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.warning("%s: could not load its prepacked copy %s (%s); loading without it", path, target, _first_line(e))
         return None
 
 
@@ -138,8 +142,7 @@ def _write_prepacked(path: str, target: str, threads: int | None, memory_pattern
     except Exception as e:   # another process put it there first, or the disk is full (onnxruntime's own error)
         if os.path.isfile(os.path.join(target, OPTIMIZED_GRAPH)):
             return True
-        log.warning("%s: could not write its prepacked weights (%s); loading without them",
-                    path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.warning("%s: could not write its prepacked weights (%s); loading without them", path, _first_line(e))
         return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
