@@ -224,6 +224,25 @@ def branch_ops(graph) -> tuple[list[str], list[str]]:
     return then, other
 
 
+def test_no_matmul_nbits_two_ifs_deep(export_tiny):
+    """onnxruntime does not prepack a MatMulNBits nested two Ifs deep: it then gave other results
+    and ran several times slower (README, "prompts as int8 GEMMs without int8 copies"). Every
+    decoder graph keeps them in the main graph or one If deep."""
+    def depths(g, depth=0):
+        for n in g.node:
+            if n.op_type == "MatMulNBits":
+                yield depth
+            for attr in n.attribute:
+                if attr.name in ("then_branch", "else_branch"):
+                    yield from depths(attr.g, depth + 1)
+    for kw in ({}, {"prefill_int8": True}):
+        _, bundle = export_tiny(0, "int4", tables="int8", embed_std=1.0, **kw)
+        entry = json.loads((bundle / "manifest.json").read_text())
+        graph = onnx.load(str(bundle / entry["slices"][0]["graph"]), load_external_data=False).graph
+        found = list(depths(graph))
+        assert 1 in found and max(found) == 1, kw
+
+
 # int8 copies have one scale per output feature, MatMulNBits' int8 one per block of 32: at int8,
 # prompts lose a little (measured: mean KL 0.00709 against 0.00487, agreement 0.944 both); at int4
 # they gain, the copies being finer than int4 (0.0735 against 0.300, agreement 0.778 against 0.574).
