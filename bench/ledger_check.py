@@ -3,8 +3,10 @@
     python bench/ledger_check.py BUNDLE SLICE [--context N] [--prompt-tokens N] [--prepacked auto|on|off]
 
 Prints one JSON line: the ledger's parts, total and anonymous part, whether the prepacked weights
-were mapped, and the measured growth of RssAnon from before `load` to after a prefill of
---prompt-tokens and 16 decode steps. --prepacked on maps a prepacked copy whatever the bundle's size.
+were mapped, and the measured growth of RssAnon from before `load`: after load, at its highest
+while a prefill of --prompt-tokens and 16 decode steps run (sampled every millisecond: a prompt
+chunk's activations are released after its run), and after them. --prepacked on maps a prepacked
+copy whatever the bundle's size.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import gc
 import json
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,13 +48,25 @@ def main() -> None:
     text = model.bundle.text
     vocab = text.vocab_size_per_layer_input or text.vocab_size      # Gemma 3 has no PLE table
     ids = [2] + np.random.default_rng(0).integers(3, vocab, a.prompt_tokens - 1).tolist()
-    model.generate_ids(ids, 16, stop_ids=())
+    highest, done = [rss()["anon"]], threading.Event()
+
+    def sample() -> None:   # onnxruntime releases the GIL while it runs
+        while not done.wait(0.001):
+            highest[0] = max(highest[0], rss()["anon"])
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        model.generate_ids(ids, 16, stop_ids=())
+    finally:
+        done.set()
+        sampler.join()
     after = rss()
     led = ledger(model.bundle.text, model.decoder.spec, a.context, DEFAULT_CHUNK,
                  model.bundle.quant.decoder, mapped)
     print(json.dumps({"slice": a.slice, "context": a.context, "ledger": {"weights": led.weights, "kv": led.kv,
                       "workspace": led.workspace, "total": led.total, "anon": led.anon, "mapped": led.mapped},
                       "rss_anon_after_load": loaded["anon"] - before["anon"],
+                      "rss_anon_highest": max(highest[0], after["anon"]) - before["anon"],
                       "rss_anon_after_generate": after["anon"] - before["anon"],
                       "peak_rss_anon": model.last_stats.peak.anon - before["anon"],
                       "decode_tps": round(model.last_stats.decode_tps, 2),

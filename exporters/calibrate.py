@@ -47,8 +47,8 @@ class _Tap:
         self.sums: dict[str, np.ndarray] = {}
         self.positions = 0
 
-    def run(self, names, feeds):
-        out = self.session.run(list(names) + list(self.taps), feeds)
+    def run(self, names, feeds, options=None):
+        out = self.session.run(list(names) + list(self.taps), feeds, options)
         for value, name in zip(out[len(names):], self.taps):
             x = value.reshape(-1, value.shape[-1])
             part = x.T @ x if self.full else np.square(x.astype(np.float64)).sum(axis=0)

@@ -7,6 +7,7 @@ score or [T, vocab] logit tensor is ever made for a whole long prompt.
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 
 from .bundle import Bundle
 from .config import SliceSpec
@@ -27,6 +28,11 @@ class TextDecoder:
             raise Gemma3nError(f"context must be between 1 and {cfg.max_position_embeddings}, got {context}")
         self.bundle, self.spec, self.cfg, self.context, self.chunk, self.threads = bundle, spec, cfg, context, chunk, threads
         self.session = create_session(bundle.file(spec.graph), threads, prepacked=True)
+        # a prompt chunk's activations go back to the system after its run instead of staying in
+        # onnxruntime's arena for the one-token steps that follow (E2B after filling 1024 positions:
+        # RssAnon 291 MiB against 448)
+        self.chunk_run = ort.RunOptions()
+        self.chunk_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk)
         k = bundle.quant.head_rescore
@@ -64,7 +70,7 @@ class TextDecoder:
                  **self.cache.feeds()}
         if per_layer_tokens is not None:
             feeds["per_layer_tokens"] = per_layer_tokens
-        results = dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        results = dict(zip(self.outputs, self.session.run(self.outputs, feeds, self.chunk_run if t > 1 else None)))
         self.cache.append(results, keys)
         if self.rescore is not None:
             return self.rescore(results["logits"], results["hidden"])

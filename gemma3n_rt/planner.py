@@ -21,13 +21,14 @@ SESSION_OVERHEAD = 28 * MiB
 MAPPED_OVERHEAD = 12 * MiB
 PREPACK = {"int4": 1.23, "int8": 1.11, "fp32": 1.0}   # int4 refit (from 1.2) when the head became int4
 TOKENIZER_BYTES_PER_PIECE = 208
-# onnxruntime's arena after a full chunk: its high-water mark per token of the chunk, in floats per
-# hidden unit, per FFN unit and per attention score. Fitted with full contexts (1024-4096) on
-# real-shape E2B/E4B, a medium Gemma 3n (bench/synthetic.py) and Gemma 3 270M; Gemma 3n's AltUp
-# keeps four copies of the hidden state, Gemma 3 one.
-ACTIVATION_FLOATS = {"gemma3n": (52, 25, 3), "gemma3": (16, 12, 4)}
-# ... but never below this: small models (hidden 256) hold about as much as twice their size
-ACTIVATION_FLOOR = 56 * MiB
+# onnxruntime's arena while a full chunk runs (decoder.py returns it to the system after each
+# chunk): per token of the chunk, in floats per hidden unit, per FFN unit and per attention score.
+# Fitted on the highest RssAnon sampled while contexts of 1024 and 4096 tokens filled (real-shape
+# E2B; a medium Gemma 3n, bench/synthetic.py; Gemma 3 270M at 1024). Gemma 3n's AltUp keeps four
+# copies of the hidden state, Gemma 3 one.
+ACTIVATION_FLOATS = {"gemma3n": (31, 15, 3), "gemma3": (4, 3, 4)}
+# ... but never below this: small Gemma 3n models (hidden 256) hold about as much as twice their size
+ACTIVATION_FLOOR = {"gemma3n": 32 * MiB, "gemma3": 16 * MiB}
 ALIASES = {"2b": "E2B", "4b": "E4B"}
 # An encoder's resident bytes per weight byte and its workspace for one input, from the real-shape
 # towers (bench/vision_encoder.py, bench/audio_encoder.py: RssAnon + RssFile at the peak): fp32
@@ -63,9 +64,10 @@ def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: st
     kv = sum(per_position * (context if c.type == FULL else min(context, cfg.sliding_window - 1 + chunk))
              for c in spec.caches)
     t = min(chunk, context)
-    per_hidden, per_ffn, per_score = ACTIVATION_FLOATS.get(cfg.architecture, ACTIVATION_FLOATS["gemma3n"])
-    activations = max(ACTIVATION_FLOOR, 4 * t * (per_hidden * cfg.hidden_size + per_ffn * max(spec.ffn_widths)
-                                                 + per_score * cfg.num_attention_heads * context))
+    arch = cfg.architecture if cfg.architecture in ACTIVATION_FLOATS else "gemma3n"
+    per_hidden, per_ffn, per_score = ACTIVATION_FLOATS[arch]
+    activations = max(ACTIVATION_FLOOR[arch], 4 * t * (per_hidden * cfg.hidden_size + per_ffn * max(spec.ffn_widths)
+                                                       + per_score * cfg.num_attention_heads * context))
     # weights only gathered by rows stay mapped (file-backed); the rest is prepacked
     weights = int((spec.weight_bytes - spec.gathered_bytes) * PREPACK.get(quant, 1.0))
     fixed = (SESSION_OVERHEAD + (MAPPED_OVERHEAD if mapped else 0) + 4 * cfg.vocab_size
