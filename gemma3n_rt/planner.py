@@ -23,9 +23,9 @@ PREPACK = {"int4": 1.23, "int8": 1.11, "fp32": 1.0}   # int4 refit (from 1.2) wh
 TOKENIZER_BYTES_PER_PIECE = 208
 # onnxruntime's arena while a full chunk runs (decoder.py returns it to the system after each
 # chunk): per token of the chunk, in floats per hidden unit, per FFN unit and per attention score.
-# Fitted on the highest RssAnon sampled while contexts of 1024 and 4096 tokens filled (real-shape
-# E2B; a medium Gemma 3n, bench/synthetic.py; Gemma 3 270M at 1024). Gemma 3n's AltUp keeps four
-# copies of the hidden state, Gemma 3 one.
+# Fitted on the highest RssAnon sampled while contexts filled (bench/ledger_check.py): real-shape
+# E2B and Gemma 3 270M at 1024 and 4096 tokens, a medium and a small Gemma 3n (bench/synthetic.py)
+# at 1024. Gemma 3n's AltUp keeps four copies of the hidden state, Gemma 3 one.
 ACTIVATION_FLOATS = {"gemma3n": (31, 15, 3), "gemma3": (4, 3, 4)}
 # ... but never below this: small Gemma 3n models (hidden 256) hold about as much as twice their size
 ACTIVATION_FLOOR = {"gemma3n": 32 * MiB, "gemma3": 16 * MiB}
