@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 import gemma3n_rt  # noqa: E402
 from gemma3n_rt.decoder import DEFAULT_CHUNK  # noqa: E402
-from gemma3n_rt.memory import rss  # noqa: E402
+from gemma3n_rt.memory import PeakRss, rss  # noqa: E402
 from gemma3n_rt import sessions  # noqa: E402
 from gemma3n_rt.planner import ledger  # noqa: E402
 
@@ -48,11 +48,12 @@ def main() -> None:
     text = model.bundle.text
     vocab = text.vocab_size_per_layer_input or text.vocab_size      # Gemma 3 has no PLE table
     ids = [2] + np.random.default_rng(0).integers(3, vocab, a.prompt_tokens - 1).tolist()
-    highest, done = [rss()["anon"]], threading.Event()
+    highest, done = PeakRss(), threading.Event()
 
     def sample() -> None:   # onnxruntime releases the GIL while it runs
         while not done.wait(0.001):
-            highest[0] = max(highest[0], rss()["anon"])
+            highest.sample()
+    highest.sample()
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
@@ -66,7 +67,7 @@ def main() -> None:
     print(json.dumps({"slice": a.slice, "context": a.context, "ledger": {"weights": led.weights, "kv": led.kv,
                       "workspace": led.workspace, "total": led.total, "anon": led.anon, "mapped": led.mapped},
                       "rss_anon_after_load": loaded["anon"] - before["anon"],
-                      "rss_anon_highest": max(highest[0], after["anon"]) - before["anon"],
+                      "rss_anon_highest": max(highest.anon, after["anon"]) - before["anon"],
                       "rss_anon_after_generate": after["anon"] - before["anon"],
                       "peak_rss_anon": model.last_stats.peak.anon - before["anon"],
                       "decode_tps": round(model.last_stats.decode_tps, 2),

@@ -43,11 +43,9 @@ KV_COMMIT_CHECK = """
 import numpy as np
 from gemma3n_rt.config import FULL, CacheSpec
 from gemma3n_rt.kvcache import KVCache
+from gemma3n_rt.memory import rss
 
-def rss_anon():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
-
+rss_anon = lambda: rss()["anon"]
 freed = np.ones(30 << 18, np.float32)    # 30 MiB
 del freed
 n = 1024
