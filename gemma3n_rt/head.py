@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .rowtable import RowTable
+from .sampling import top_k_ids
 
 
 class HeadRescore:
@@ -22,8 +23,7 @@ class HeadRescore:
 
     def __call__(self, logits: np.ndarray, hidden: np.ndarray) -> np.ndarray:
         """logits [V] of the int4 head, hidden [D] the normed state it was applied to."""
-        k = min(self.k, len(logits))
-        top = np.argpartition(logits, len(logits) - k)[-k:]
+        top = top_k_ids(logits, self.k)
         exact = self.table.gather(top)[:, 0] @ hidden.reshape(-1).astype(np.float32)
         if self.softcap:
             exact = np.tanh(exact / np.float32(self.softcap)) * np.float32(self.softcap)

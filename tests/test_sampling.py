@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gemma3n_rt.sampling import Sampler, SamplingParams
+from gemma3n_rt.sampling import TOP_K_ROW, Sampler, SamplingParams, top_k_ids
 
 VOCAB = 262400
 
@@ -65,6 +65,26 @@ def test_top_k_stays_within_top_k():
     counts = np.bincount(draws(SamplingParams(temperature=5.0, top_k=3, seed=7), small, 3000),
                          minlength=small.size)
     assert set(np.flatnonzero(counts)) == {0, 4, 6}  # the 3 largest, each drawn
+
+
+@pytest.mark.parametrize("n", [1, 5, 4 * TOP_K_ROW, 4 * TOP_K_ROW + 3, 262144])
+@pytest.mark.parametrize("k", [1, 2, 64, 300])
+@pytest.mark.parametrize("values", ["spread", "ties"])
+def test_top_k_ids_is_argpartitions_set(n, k, values):
+    """The row-maxima shortcut picks the same values as a full argpartition: on a vocabulary of
+    Gemma's size, on sizes that don't divide into rows, with k above the size, and with ties
+    (where either may pick any of the tied ids, so the values are compared)."""
+    rng = np.random.default_rng(n * 1000 + k)
+    for _ in range(5):
+        x = rng.standard_normal(n).astype(np.float32) * 4
+        if values == "ties":
+            x = np.round(x)
+        ids = top_k_ids(x, k)
+        want = np.argpartition(x, n - k)[n - k:] if k < n else np.arange(n)
+        assert len(ids) == len(set(ids.tolist())) == min(k, n)
+        assert np.array_equal(np.sort(x[ids]), np.sort(x[want]))
+        if values == "spread":
+            assert set(ids.tolist()) == set(want.tolist())
 
 
 def test_top_p_keeps_smallest_nucleus():
