@@ -20,13 +20,24 @@ from .sampling import top_k_ids
 class HeadRescore:
     def __init__(self, table: RowTable, k: int, softcap: float | None):
         self.table, self.k, self.softcap = table, k, softcap
+        # kept across tokens: fresh arrays of this size fault their pages in again every token
+        self.values = np.empty((k, table.groups, table.width), table.value_dtype)
+        self.scales = np.empty((k, table.groups), np.float32) if table.dtype == "int8" else None
+        self.rows = np.empty((k, table.width), np.float32)
 
     def __call__(self, logits: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        """logits [V] of the int4 head, hidden [D] the normed state it was applied to."""
+        """logits [V] of the int4 head (overwritten: the decoder's own output), hidden [D] the normed
+        state it was applied to."""
         top = top_k_ids(logits, self.k)
-        exact = self.table.gather(top)[:, 0] @ hidden.reshape(-1).astype(np.float32)
+        n = len(top)
+        self.table.read_into(top.tolist(), self.values, self.scales)
+        rows = self.rows[:n]
+        if self.scales is None:
+            rows[...] = self.values[:n, 0]
+        else:
+            np.multiply(self.values[:n, 0], self.scales[:n, :1], out=rows)
+        exact = rows @ hidden.reshape(-1).astype(np.float32)
         if self.softcap:
             exact = np.tanh(exact / np.float32(self.softcap)) * np.float32(self.softcap)
-        out = logits.copy()
-        out[top] = exact
-        return out
+        logits[top] = exact
+        return logits

@@ -51,11 +51,23 @@ class RowTable:
     def dtype(self) -> str:
         return "int8" if self.scales_offset is not None else self.value_dtype.name
 
-    def _read(self, offset: int, nbytes: int, dtype, shape) -> np.ndarray:
-        data = os.pread(self.fd, nbytes, offset)
-        if len(data) != nbytes:
-            raise Gemma3nError(f"{self.path}: file ends early (truncated row table)")
-        return np.frombuffer(data, dtype).reshape(shape)
+    def read_into(self, ids: list[int], values: np.ndarray, scales: np.ndarray | None) -> None:
+        """Rows `ids` as stored, into values[:len(ids)] ([rows, G, width] of the table's dtype) and,
+        for int8, their scales into scales[:len(ids)] ([rows, G] float32). A caller that reads every
+        token keeps these arrays: gathering E2B's 64 rescored rows into fresh ones took 0.71-0.84 ms,
+        mostly faulting their pages in, where the 128 preads take 0.09 ms."""
+        for into, offset, nbytes in ((values, self.values_offset, self.row_bytes),
+                                     (scales, self.scales_offset, self.groups * 4)):
+            if into is None or not ids:
+                continue
+            if not (into.flags.c_contiguous and into.dtype.itemsize * int(np.prod(into.shape[1:])) == nbytes):
+                raise ValueError(f"{self.path}: rows are read into a C-contiguous array of rows of {nbytes} bytes")
+            out = memoryview(into).cast("B")
+            for i, r in enumerate(ids):
+                data = os.pread(self.fd, nbytes, offset + r * nbytes)
+                if len(data) != nbytes:
+                    raise Gemma3nError(f"{self.path}: file ends early (truncated row table)")
+                out[i * nbytes:(i + 1) * nbytes] = data
 
     def gather(self, ids, groups=None) -> np.ndarray:
         """Rows `ids` (and optionally only `groups`) dequantized to float32: [len(ids), G, width]."""
@@ -63,14 +75,12 @@ class RowTable:
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_rows):
             raise Gemma3nError(f"{self.path}: row id out of range [0, {self.num_rows})")
         unique, inverse = np.unique(ids, return_inverse=True)
-        sel = slice(None) if groups is None else np.asarray(groups, dtype=np.int64)
-        rows = np.empty((len(unique), self.groups if groups is None else len(sel), self.width), np.float32)
-        shape = (self.groups, self.width)
-        for i, r in enumerate(unique.tolist()):
-            row = self._read(self.values_offset + r * self.row_bytes, self.row_bytes, self.value_dtype, shape)[sel]
-            if self.scales_offset is not None:
-                scale = self._read(self.scales_offset + r * self.groups * 4, self.groups * 4, np.float32, (self.groups,))
-                rows[i] = row * scale[sel][:, None]
-            else:
-                rows[i] = row
-        return rows[inverse.reshape(-1)]
+        values = np.empty((len(unique), self.groups, self.width), self.value_dtype)
+        scales = np.empty((len(unique), self.groups), np.float32) if self.scales_offset is not None else None
+        self.read_into(unique.tolist(), values, scales)
+        if groups is not None:
+            sel = np.asarray(groups, dtype=np.int64)
+            values = values[:, sel]
+            scales = None if scales is None else scales[:, sel]
+        out = values.astype(np.float32) if scales is None else values * scales[:, :, None]
+        return out[inverse.reshape(-1)]

@@ -32,6 +32,7 @@ def test_row_table_gather(tmp_path, dtype, tol):
     bound = tol * np.abs(want).max(axis=2, keepdims=True) if dtype == "int8" else tol * np.abs(want) + 1e-7
     assert np.all(np.abs(got - want) <= bound + 1e-7)
     assert np.array_equal(rt.gather(ids, groups=[2, 0]), got[:, [2, 0]])
+    assert rt.gather([]).shape == (0, 3, 8)
     with pytest.raises(gemma3n_rt.Gemma3nError, match="out of range"):
         rt.gather([300])
 
