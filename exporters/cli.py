@@ -12,7 +12,7 @@ from gemma3n_rt.errors import Gemma3nError
 from gemma3n_rt.flags import FlagParser
 from .audio import QUANT_MODES as AUDIO_QUANT_MODES
 from .calibrate import CALIBRATION_TEXT
-from .export import QUANT_MODES, TABLE_DTYPES, export
+from .export import KV_CACHE_DTYPES, QUANT_MODES, TABLE_DTYPES, export
 from .quantize import DEFAULT_RECIPE
 from .vision import DEFAULT_VISION_QUANT, VISION_QUANTS
 
@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with calibration: int4 values rounded column by column, each column's error carried "
                         "into the next ones as the calibration text's activations weigh them (GPTQ); "
                         "--no-gptq: rounded to nearest (faster export)")
+    p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default=None,
+                   help="the KV caches' dtype (default fp16, half the memory of fp32; with --quant fp32, fp32)")
     p.add_argument("--prefill-int8", action="store_true",
                    help="int4/int8: prompts run the attention and FFN linears as int8 x int8 matmuls on int8 "
                         "copies of their weights (several times faster prefill where the CPU has int8 matrix "
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
                           head=args.head, asymmetric=args.asymmetric, calibration=args.calibration,
                           head_rescore=args.head_rescore, prefill_int8=args.prefill_int8,
                           head_block_size=args.head_block_size, int8_block_size=args.int8_block_size,
-                          gptq=args.gptq)
+                          gptq=args.gptq, kv_cache=args.kv_cache)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):     # export() has removed its partial output
             kept = "the bundle already there is unchanged" if os.path.exists(args.out) else "nothing was written"

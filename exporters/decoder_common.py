@@ -11,7 +11,7 @@ import numpy as np
 
 from gemma3n_rt.config import FULL, SLIDING, CacheSpec
 from .checkpoint import Lazy
-from .onnx_graph import FLOAT, INT64, Graph
+from .onnx_graph import FLOAT, FLOAT16, INT64, Graph
 
 NEG_INF = float(np.finfo(np.float32).min)
 
@@ -20,6 +20,7 @@ class DecoderGraph:
     caches: list[CacheSpec]
     cache_of: dict[int, int]
     prefill_int8 = False   # prompt chunks: attention and FFN linears as int8 x int8 matmuls (QuantRecipe.prefill_int8)
+    kv_cache = "fp32"       # or "fp16": the caches' dtype (see attention())
     every_position = False  # calibration: the final block and norm over every position, the head on the last
     head_input = ""         # set by lm_head(): the normed states the head reads, every position's with every_position
 
@@ -58,11 +59,14 @@ class DecoderGraph:
         g, src = self.g, self.src
         x = g.input("inputs_embeds", FLOAT, ["T", src.hidden_size])
         positions = g.input("positions", INT64, ["T"])
-        past = []
+        past, dtype = [], self.kv_dtype()
         for c, cache in enumerate(self.caches):
             shape = [f"past_{cache.type}", src.num_kv_heads, src.head_dim]
-            past.append((g.input(f"past_key.{c}", FLOAT, shape), g.input(f"past_value.{c}", FLOAT, shape)))
+            past.append((g.input(f"past_key.{c}", dtype, shape), g.input(f"past_value.{c}", dtype, shape)))
         return x, positions, past
+
+    def kv_dtype(self) -> int:
+        return {"fp32": FLOAT, "fp16": FLOAT16}[self.kv_cache]
 
     def rope(self, positions: str) -> dict[str, tuple[str, str]]:
         """cos and sin [T, 1, Dh] per layer type (non-interleaved, θ per type)."""
@@ -108,7 +112,11 @@ class DecoderGraph:
     def attention(self, x: str, layer: int, rope, masks, past, kv, scale: float = 1.0, v_norm: bool = True) -> str:
         """Self-attention of `layer` over its cache. A layer that owns its cache writes the chunk's
         K (after k_norm and RoPE) and V (after the weightless v_norm, if any) as outputs; a
-        KV-shared layer reuses what its source layer built."""
+        KV-shared layer reuses what its source layer built. fp16 caches: K and V are rounded to
+        float16 before any position reads them, so a chunk's positions read what later steps will
+        (the logits do not depend on how a prompt was cut into chunks); the concatenated cache is
+        transposed as float16 and only then widened to float32 (half the bytes through Concat and
+        Transpose)."""
         g, src = self.g, self.src
         H, KV, Dh = src.num_attention_heads, src.num_kv_heads, src.head_dim
         kind = src.layer_types[layer]
@@ -125,11 +133,17 @@ class DecoderGraph:
             v = g.op("Reshape", projected[2], g.const([0, KV, Dh], np.int64))
             if v_norm:
                 v = self.rms_norm(v, None)
-            g.output(k, f"new_key.{c}", FLOAT, ["T", KV, Dh])
-            g.output(v, f"new_value.{c}", FLOAT, ["T", KV, Dh])
+            dtype = self.kv_dtype()
+            if dtype != FLOAT:
+                k, v = g.op("Cast", k, to=dtype), g.op("Cast", v, to=dtype)
+            g.output(k, f"new_key.{c}", dtype, ["T", KV, Dh])
+            g.output(v, f"new_value.{c}", dtype, ["T", KV, Dh])
+            keys = g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0])
+            values = g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2])
+            if dtype != FLOAT:
+                keys, values = g.op("Cast", keys, to=FLOAT), g.op("Cast", values, to=FLOAT)
             unsq = g.const([1], np.int64)
-            keys = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0]), unsq)
-            values = g.op("Unsqueeze", g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2]), unsq)
+            keys, values = g.op("Unsqueeze", keys, unsq), g.op("Unsqueeze", values, unsq)
             kv[c] = (keys, values)                                                          # [KV,1,Dh,S], [KV,1,S,Dh]
         keys, values = kv[c]
         # Query heads grouped by the KV head they read: head h uses KV head h // (H / KV).

@@ -14,6 +14,7 @@ from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, SMALL_FILE,
 from gemma3n_rt.config import SliceSpec
 from gemma3n_rt.decoder import DEFAULT_CHUNK
 from gemma3n_rt.errors import Gemma3nError
+from gemma3n_rt.kvcache import DTYPES as KV_DTYPES
 from gemma3n_rt.planner import ledger
 from gemma3n_rt.prompt import SpecialTokens
 from gemma3n_rt.tokenizer import Tokenizer
@@ -30,6 +31,7 @@ from .writer import WeightStore, write_graph, write_row_table
 
 QUANT_MODES = ("int4", "int8", "fp32")
 TABLE_DTYPES = ("int8", "fp16", "fp32")
+KV_CACHE_DTYPES = tuple(KV_DTYPES)
 
 
 def open_checkpoint(path: str) -> TensorSource:
@@ -58,12 +60,14 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
            head: str | None = None, asymmetric: bool | None = None, int8_linears: tuple[str, ...] | None = None,
            calibration: str | None = CALIBRATION_TEXT, head_rescore: int | None = None,
            prefill_int8: bool = False, head_block_size: int | None = None, int8_block_size: int | None = None,
-           gptq: bool = True) -> dict:
+           gptq: bool = True, kv_cache: str | None = None) -> dict:
     """`block_size`, `head`, `head_block_size`, `asymmetric`, `int8_linears`, `int8_block_size` and `head_rescore` default to DEFAULT_RECIPE's
     (quantize.py). `calibration`: the text that weighs the int4 grids (calibrate.py; None: plain
     min-max grids; `gptq`: with calibration, int4 values rounded by GPTQ, quantize.py). `head_rescore`: with an int4 head, how many top logits the runtime recomputes
     from the embedding row table (gemma3n_rt/head.py; 0: none). `prefill_int8`: prompt chunks run
-    the attention and FFN linears as int8 x int8 matmuls on int8 copies (QuantRecipe.prefill_int8)."""
+    the attention and FFN linears as int8 x int8 matmuls on int8 copies (QuantRecipe.prefill_int8).
+    `kv_cache`: the KV caches' dtype, "fp16" or "fp32" (DecoderGraph.attention); default fp16, with
+    quant="fp32" fp32 (the exact export)."""
     started = time.time()
     if quant not in QUANT_MODES:
         raise Gemma3nError(f"--quant must be one of {', '.join(QUANT_MODES)}, got {quant!r}")
@@ -90,6 +94,9 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
         recipe = replace(recipe, prefill_int8=True)
     if recipe.head_rescore < 0:
         raise Gemma3nError(f"--head-rescore must be 0 or more, got {recipe.head_rescore}")
+    kv_cache = kv_cache or ("fp32" if quant == "fp32" else "fp16")
+    if kv_cache not in KV_CACHE_DTYPES:
+        raise Gemma3nError(f"--kv-cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
     if tables not in TABLE_DTYPES:
         raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
@@ -101,7 +108,7 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     # Each part claims its tensors now; a tensor no part claims is an error that names it.
     if calibration is not None and not os.path.isfile(os.path.expanduser(calibration)):
         raise Gemma3nError(f"--calibration: {calibration}: no such file")
-    parts = [TextPart(ckpt, recipe, tables, slices, custom, calibration),
+    parts = [TextPart(ckpt, recipe, tables, slices, custom, calibration, kv_cache),
              vision_part(ckpt, vision_quant), audio_part(ckpt, audio_quant)]
     parts = [p for p in parts if p is not None]
     ckpt.finish()
@@ -127,7 +134,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
 class TextPart:
     """The text decoder: row tables, the shared weights store, one graph per slice, the tokenizer."""
 
-    def __init__(self, ckpt: TensorSource, recipe: QuantRecipe, tables: str, slices, custom, calibration: str | None):
+    def __init__(self, ckpt: TensorSource, recipe: QuantRecipe, tables: str, slices, custom, calibration: str | None,
+                 kv_cache: str):
         self.arch_name = architecture(ckpt.config)
         self.arch = ARCHITECTURES[self.arch_name]
         self.src = self.arch.parse(ckpt.config, ckpt)
@@ -137,7 +145,7 @@ class TextPart:
         tokenizer = check_tokenizer(self.tokenizer, self.src.vocab_size)
         self.weights = self.arch.take_weights(ckpt, self.src)
         self.plans = self.arch.plans(self.src, slices, custom)
-        self.recipe, self.quant, self.tables = recipe, recipe.mode, tables
+        self.recipe, self.quant, self.tables, self.kv_cache = recipe, recipe.mode, tables, kv_cache
         # importance-weighted grids exist for int4 with zero points (quantize.py)
         self.calibration = calibration if recipe.mode == "int4" and recipe.asymmetric else None
         self.calibrated = None
@@ -161,7 +169,7 @@ class TextPart:
         entries = []
         for plan in tqdm(self.plans, unit="slice", desc="decoder graphs", disable=not show_progress or len(self.plans) < 2):
             builder = arch.builder(src, weights, plan, self.plans)
-            builder.prefill_int8 = self.recipe.prefill_int8
+            builder.prefill_int8, builder.kv_cache = self.recipe.prefill_int8, self.kv_cache
             graph = builder.build()
             if self.recipe.head_rescore:
                 expose_head_input(graph, src.hidden_size)
@@ -172,7 +180,7 @@ class TextPart:
                       disable=not show_progress) as bar:
                 weight_bytes = write_graph(graph, os.path.join(tmp, graph_file), store, progress=bar, sizes=sizes)
             entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, quant, arch.effective_params(src, plan),
-                                graph.gathered_bytes(sizes))
+                                self.kv_cache, graph.gathered_bytes(sizes))
             # a one-token step takes the sparse FFN branches: what it reads is less than what is mapped
             entry["decode_bytes"] = graph.then_bytes(sizes)
             entries.append(entry)
@@ -192,7 +200,8 @@ class TextPart:
                              "int8_linears": list(recipe.int8_linears) if quant == "int4" else [],
                              "int8_block_size": recipe.int8_block_size if quant == "int4" and recipe.int8_linears else None,
                              "calibration": self.calibrated if quant == "int4" else None,
-                             "head_rescore": recipe.head_rescore, "prefill_int8": recipe.prefill_int8},
+                             "head_rescore": recipe.head_rescore, "prefill_int8": recipe.prefill_int8,
+                             "kv_cache": self.kv_cache},
             "tokenizer": "tokenizer.model",
             "row_tables": {name: rel for name, (rel, _, _) in row_tables.items()},
             "slices": entries,
@@ -210,6 +219,7 @@ class TextPart:
         plan = max(self.plans, key=lambda p: arch.effective_params(src, p))
         builder = arch.builder(src, self.weights, plan, self.plans)
         builder.sparse_decode = False   # every linear's input is then a value of the main graph, tappable
+        builder.kv_cache = self.kv_cache    # as the scratch manifest says
         builder.every_position = True   # the head's input (and the final block's) at every position, not one per chunk
         graph = builder.build()
         taps: dict[str, list[str]] = {}
@@ -224,7 +234,8 @@ class TextPart:
                   disable=not show_progress) as bar:
             weight_bytes = write_graph(graph, os.path.join(scratch, graph_file), store, progress=bar)
         store.close()
-        entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, "int8", arch.effective_params(src, plan))
+        entry = slice_entry(src, plan, builder.caches, graph_file, weight_bytes, "int8", arch.effective_params(src, plan),
+                            self.kv_cache)
         write_manifest(scratch, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                                  **self._manifest(int8, [entry], row_tables)})
         moments = measure_moments(scratch, graph_file, taps, self.calibration_ids, full=self.recipe.gptq)
@@ -235,7 +246,7 @@ class TextPart:
 
 
 def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int, quant: str,
-                effective: int, gathered_bytes: int = 0) -> dict:
+                effective: int, kv_cache: str, gathered_bytes: int = 0) -> dict:
     """The manifest's catalog entry, with the memory ledger at 1K tokens of context for reference."""
     entry = {"name": plan.name, "graph": graph_file, "layers": list(plan.layers), "ffn_widths": list(plan.ffn_widths),
              "caches": [{"type": c.type, "source_layer": c.source_layer} for c in caches],
@@ -243,7 +254,7 @@ def slice_entry(src, plan: SlicePlan, caches, graph_file: str, weight_bytes: int
     if "published_mmlu" in plan.meta:
         entry["published_mmlu"] = plan.meta["published_mmlu"]
         entry["published_effective_b"] = plan.meta["published_effective_b"]
-    led = ledger(src.text_config(), SliceSpec.from_dict(entry), 1024, DEFAULT_CHUNK, quant)
+    led = ledger(src.text_config(), SliceSpec.from_dict(entry), 1024, DEFAULT_CHUNK, quant, kv_cache=kv_cache)
     entry["ledger_at_1k_context"] = {"weights": led.weights, "kv": led.kv, "workspace": led.workspace, "total": led.total}
     return entry
 

@@ -18,7 +18,7 @@ from .checkpoint import Lazy
 
 OPSET = 20
 MS_DOMAIN = "com.microsoft"
-FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
+FLOAT, FLOAT16, INT64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from .config import AudioConfig, Quantization, RowTables, SliceSpec, TextConfig,
 from .errors import Gemma3nError
 
 FORMAT_NAME = "gemma3n-rt-bundle"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)    # 1: text only; 2: no head_rescore
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)    # 1: text only; 2: no head_rescore; 3: no kv_cache (fp32 caches)
 MANIFEST = "manifest.json"
 SMALL_FILE = 16 << 20       # files up to this size are hashed whole on every load
 SPOTS, SPOT = 16, 4096
@@ -62,6 +62,8 @@ class Bundle:
                        AudioConfig.from_dict(manifest["audio"]) if manifest.get("audio") else None)
         except (KeyError, TypeError) as e:
             raise Gemma3nError(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
+        except Gemma3nError as e:
+            raise Gemma3nError(f"{mpath}: {e}") from None
 
     def file(self, rel: str) -> str:
         """The path of a bundle file, for a component about to open it. The first time a folder's

@@ -105,7 +105,7 @@ def print_plan(args) -> None:
     print(f"{'slice':<16}{'effective':>11}{'MMLU':>7}{'weights':>10}{'KV':>9}{'workspace':>11}{'total':>10}"
           f"   MiB at context {context}")
     for s in sorted(bundle.slices, key=lambda s: s.effective_params):
-        l = ledger(bundle.text, s, context, DEFAULT_CHUNK, quant)
+        l = ledger(bundle.text, s, context, DEFAULT_CHUNK, quant, kv_cache=bundle.quant.kv_cache)
         mmlu = f"{s.published_mmlu:.1f}" if s.published_mmlu is not None else "-"
         mark = "  <- chosen" if s == chosen else ""
         print(f"{s.name:<16}{s.effective_params / 1e9:>10.2f}B{mmlu:>7}{l.weights / MiB:>10.0f}{l.kv / MiB:>9.0f}"

@@ -7,6 +7,7 @@ from dataclasses import MISSING, dataclass, fields
 from .errors import Gemma3nError
 
 SLIDING, FULL = "sliding", "full"
+KV_CACHES = ("fp16", "fp32")     # the KV caches' dtypes (kvcache.DTYPES)
 
 
 def _from_dict(cls, d: dict, where: str):
@@ -78,10 +79,14 @@ class Quantization:
     block_size: int | None       # int4/int8 block along the input dimension
     tables: str                  # row tables: "int8", "fp16" or "fp32"
     head_rescore: int = 0        # the graph also outputs "hidden"; recompute its top logits (head.py)
+    kv_cache: str = "fp32"       # the KV caches' dtype, "fp32" or "fp16" (absent in older bundles: fp32)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Quantization":
-        return _from_dict(cls, d, "manifest quantization")
+        q = _from_dict(cls, d, "manifest quantization")
+        if q.kv_cache not in KV_CACHES:
+            raise Gemma3nError(f"manifest quantization: kv_cache must be one of {', '.join(KV_CACHES)}, got {q.kv_cache!r}")
+        return q
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from .bundle import Bundle
 from .config import SliceSpec
 from .errors import Gemma3nError
 from .head import HeadRescore
-from .kvcache import KVCache
+from .kvcache import DTYPES, KVCache
 from .rowtable import RowTable
 from .sessions import create_session
 
@@ -34,7 +34,8 @@ class TextDecoder:
         self.chunk_run = ort.RunOptions()
         self.chunk_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk)
+        self.cache = KVCache(spec.caches, cfg.num_kv_heads, cfg.head_dim, context, cfg.sliding_window, chunk,
+                             DTYPES[bundle.quant.kv_cache])
         k = bundle.quant.head_rescore
         if k and (not isinstance(k, int) or k < 0 or "hidden" not in self.outputs):
             raise Gemma3nError(f"{bundle.file(spec.graph)}: the manifest asks to recompute the head's top {k!r} "

@@ -16,26 +16,28 @@ import numpy as np
 
 from .config import FULL, CacheSpec
 
+DTYPES = {"fp16": np.float16, "fp32": np.float32}   # the manifest's quantization.kv_cache (config.KV_CACHES)
 
-def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 zeros on pages mapped for this array alone, committed only as positions are written.
+
+def lazy_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """Zeros on pages mapped for this array alone, committed only as positions are written.
     np.zeros is not always lazy: once onnxruntime has freed its large load-time buffers, glibc serves
     allocations of up to 32 MiB from recycled heap memory and clears them whole. E2B at 4096
     positions held 178-238 MiB of RssAnon right after load with np.zeros, 128-132 with these."""
-    count = int(np.prod(shape))
+    count, dtype = int(np.prod(shape)), np.dtype(dtype)
     # private: a shared anonymous map (mmap's default) would be shmem, not RssAnon
-    pages = mmap.mmap(-1, max(4 * count, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(pages, np.float32, count).reshape(shape)
+    pages = mmap.mmap(-1, max(dtype.itemsize * count, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(pages, dtype, count).reshape(shape)
 
 
 class KVCache:
     def __init__(self, caches: tuple[CacheSpec, ...], kv_heads: int, head_dim: int, context: int,
-                 window: int, chunk: int):
+                 window: int, chunk: int, dtype=np.float32):
         self.specs = caches
         self.context, self.keep = context, window - 1
         self.capacity = [context if c.type == FULL else min(context, self.keep + chunk) for c in caches]
-        self.keys = [lazy_zeros((cap, kv_heads, head_dim)) for cap in self.capacity]
-        self.values = [lazy_zeros((cap, kv_heads, head_dim)) for cap in self.capacity]
+        self.keys = [lazy_zeros((cap, kv_heads, head_dim), dtype) for cap in self.capacity]
+        self.values = [lazy_zeros((cap, kv_heads, head_dim), dtype) for cap in self.capacity]
         self.length = [0] * len(caches)
         self.held: list = []   # per position seen so far, what it is; len(held) is the next position
 

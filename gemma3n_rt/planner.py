@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from .bundle import Bundle
 from .config import FULL, SliceSpec, TextConfig
 from .errors import Gemma3nError
+from .kvcache import DTYPES as KV_DTYPES
 from .memory import parse_bytes
 
 MiB = 1 << 20
@@ -18,8 +21,9 @@ SESSION_OVERHEAD = 28 * MiB
 # A session that maps prepacked weights (and at first load writes them) keeps more anonymous memory
 # than a plain one less its weights, by a run-to-run spread of its own: medium E2B, 116.6-131.1 MiB
 # after generating in 12 runs against 116.6 (bench/ledger_check.py --prepacked on|off); at its
-# highest, 106.1-121.9 MiB in four runs against a ledger (with 12 MiB here) of 121.1.
-MAPPED_OVERHEAD = 20 * MiB
+# highest, 106.1-121.9 MiB in four runs against a ledger (with 12 MiB here) of 121.1; with fp16
+# caches 103.7-113.4 MiB in five runs against a ledger (with 20 MiB here) of 113.1.
+MAPPED_OVERHEAD = 28 * MiB
 PREPACK = {"int4": 1.23, "int8": 1.11, "fp32": 1.0}   # int4 refit (from 1.2) when the head became int4
 TOKENIZER_BYTES_PER_PIECE = 208
 # onnxruntime's arena while a full chunk runs (decoder.py returns it to the system after each
@@ -29,7 +33,8 @@ TOKENIZER_BYTES_PER_PIECE = 208
 # at 1024. Gemma 3n's AltUp keeps four copies of the hidden state, Gemma 3 one.
 ACTIVATION_FLOATS = {"gemma3n": (31, 15, 3), "gemma3": (4, 3, 4)}
 # ... but never below this: small Gemma 3n models (hidden 256) hold about as much as twice their size
-ACTIVATION_FLOOR = {"gemma3n": 32 * MiB, "gemma3": 16 * MiB}
+# (refit from 32 MiB with fp16 caches: the small model's highest RssAnon fell to 86.4-86.7 MiB)
+ACTIVATION_FLOOR = {"gemma3n": 26 * MiB, "gemma3": 16 * MiB}
 ALIASES = {"2b": "E2B", "4b": "E4B"}
 # An encoder's resident bytes per weight byte and its workspace for one input, from the real-shape
 # towers (bench/vision_encoder.py, bench/audio_encoder.py: RssAnon + RssFile at the peak): fp32
@@ -60,8 +65,8 @@ class Ledger:
 
 
 def ledger(cfg: TextConfig, spec: SliceSpec, context: int, chunk: int, quant: str = "int4",
-           mapped: bool = False) -> Ledger:
-    per_position = 2 * cfg.num_kv_heads * cfg.head_dim * 4          # K and V, float32
+           mapped: bool = False, kv_cache: str = "fp32") -> Ledger:
+    per_position = 2 * cfg.num_kv_heads * cfg.head_dim * np.dtype(KV_DTYPES[kv_cache]).itemsize   # K and V
     kv = sum(per_position * (context if c.type == FULL else min(context, cfg.sliding_window - 1 + chunk))
              for c in spec.caches)
     t = min(chunk, context)
@@ -174,7 +179,7 @@ def choose_slice(bundle: Bundle, effective: str | None, memory_budget, context: 
     budget = parse_bytes(memory_budget) if memory_budget is not None else available_memory()
     encoders = encoder_bytes(bundle, modalities)
     quant = bundle.quant.decoder
-    ledgers = sorted((ledger(bundle.text, s, context, chunk, quant) for s in bundle.slices),
+    ledgers = sorted((ledger(bundle.text, s, context, chunk, quant, kv_cache=bundle.quant.kv_cache) for s in bundle.slices),
                      key=lambda l: l.slice.effective_params)
     fitting = [l for l in ledgers if budget is not None and l.total + encoders <= budget]
     if fitting:

@@ -39,7 +39,7 @@ def tokenizer(demo_tokenizer_path) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def export_tiny(tmp_path_factory, demo_tokenizer_path):
-    """export_tiny(seed, quant, tables, embed_std, calibration, head, head_rescore, prefill_int8, **config) ->
+    """export_tiny(seed, quant, tables, embed_std, calibration, head, head_rescore, prefill_int8, kv_cache, **config) ->
     (reference model, bundle dir), cached; calibration as export()'s ("default": the built-in text)."""
     from exporters.export import export
     from hf_reference import reference_model, save_checkpoint, tiny_text_config
@@ -47,8 +47,9 @@ def export_tiny(tmp_path_factory, demo_tokenizer_path):
     cache = {}
 
     def make(seed=0, quant="fp32", tables="fp32", embed_std=None, calibration="default", head=None, head_rescore=None,
-             prefill_int8=False, **config):
-        key = (seed, quant, tables, embed_std, calibration, head, head_rescore, prefill_int8, repr(sorted(config.items())))
+             prefill_int8=False, kv_cache=None, **config):
+        key = (seed, quant, tables, embed_std, calibration, head, head_rescore, prefill_int8, kv_cache,
+               repr(sorted(config.items())))
         if key not in cache:
             model_key = (seed, embed_std, repr(sorted(config.items())))
             if model_key not in cache:
@@ -59,7 +60,8 @@ def export_tiny(tmp_path_factory, demo_tokenizer_path):
             model, ckpt = cache[model_key]
             out = tmp_path_factory.mktemp(f"bundle{seed}{quant}") / "bundle"
             kw = {} if calibration == "default" else {"calibration": calibration}
-            kw.update({k: v for k, v in (("head", head), ("head_rescore", head_rescore)) if v is not None})
+            kw.update({k: v for k, v in (("head", head), ("head_rescore", head_rescore), ("kv_cache", kv_cache))
+                       if v is not None})
             kw.update({"prefill_int8": True} if prefill_int8 else {})
             export(str(ckpt), str(out), quant=quant, tables=tables, show_progress=False, **kw)
             cache[key] = (model, out)

@@ -314,6 +314,14 @@ def test_run_future_format_version(capsys, bundle):
     one_line_error(capsys, "gemma3n-run", str(bundle / MANIFEST), "version 99", "re-export")
 
 
+def test_run_unknown_kv_cache_dtype(capsys, bundle):
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["quantization"]["kv_cache"] = "int3"
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    assert run(capsys, "--model", bundle, "hi") == 2
+    one_line_error(capsys, "gemma3n-run", str(bundle / MANIFEST), "kv_cache", "'int3'", "fp16")
+
+
 def test_run_prompt_too_long(capsys, demo):
     from gemma3n_rt.prompt import SpecialTokens, chat_ids
     from gemma3n_rt.tokenizer import Tokenizer

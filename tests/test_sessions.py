@@ -49,24 +49,27 @@ rss_anon = lambda: rss()["anon"]
 freed = np.ones(30 << 18, np.float32)    # 30 MiB
 del freed
 n = 1024
-written = {f"new_{kind}.{c}": np.ones((n, 2, 256), np.float32) for c in range(8) for kind in ("key", "value")}
+dtype = np.dtype(DTYPE)
+written = {f"new_{kind}.{c}": np.ones((n, 2, 256), dtype) for c in range(8) for kind in ("key", "value")}
 before = rss_anon()
-cache = KVCache(tuple(CacheSpec(FULL, c) for c in range(8)), 2, 256, context=4096, window=512, chunk=256)
+cache = KVCache(tuple(CacheSpec(FULL, c) for c in range(8)), 2, 256, context=4096, window=512, chunk=256, dtype=dtype)
 created = rss_anon() - before
 cache.append(written, list(range(n)))
 print(created, rss_anon() - before, cache.keys[7][n - 1, 1, 255], cache.keys[7][n, 0, 0])
 """
 
 
-def test_kv_cache_commits_memory_only_as_it_fills():
+@pytest.mark.parametrize("dtype,mib", [("float32", 32), ("float16", 16)])
+def test_kv_cache_commits_memory_only_as_it_fills(dtype, mib):
     """The caches are allocated for the whole context, but commit memory (RssAnon) only as
     positions are written, even after a large buffer was freed: glibc then serves 8 MiB from
     recycled heap memory, which np.zeros clears whole. On E2B at 4096 positions that was 48-110
     MiB more RssAnon right after load. Measured in a fresh process, whose heap holds nothing else."""
-    out = subprocess.run([sys.executable, "-c", KV_COMMIT_CHECK], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", f"DTYPE = {dtype!r}\n" + KV_COMMIT_CHECK], capture_output=True,
+                         text=True, check=True)
     created, filled, last, after = out.stdout.split()
-    assert int(created) < 4 << 20                    # 8 caches of 2 x 8 MiB, nothing written yet
-    assert 30 << 20 <= int(filled) < 36 << 20        # the 32 MiB of positions written
+    assert int(created) < 4 << 20                    # 8 caches of 2 x 8 (or 4) MiB, nothing written yet
+    assert (mib - 2) << 20 <= int(filled) < (mib + 4) << 20   # the positions written
     assert float(last) == 1 and float(after) == 0
 
 
@@ -185,17 +188,19 @@ def test_a_version_1_bundle_still_loads(export_tiny, tmp_path):
 
 
 def test_a_version_2_bundle_still_loads(export_tiny, tmp_path):
-    """Bundles written before the rescored head (format version 2: no quantization.head_rescore)."""
+    """Bundles written before the rescored head and fp16 caches (format version 2: no
+    quantization.head_rescore or kv_cache)."""
     import json
-    _, bundle = export_tiny(0, "int4", "int8", embed_std=1.0, head="int8")
+    _, bundle = export_tiny(0, "int4", "int8", embed_std=1.0, head="int8", kv_cache="fp32")
     old = tmp_path / "v2"
     shutil.copytree(bundle, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    assert manifest["format_version"] == 3 and manifest["quantization"].pop("head_rescore") == 0
+    assert manifest["format_version"] == 4 and manifest["quantization"].pop("head_rescore") == 0
+    assert manifest["quantization"].pop("kv_cache") == "fp32"
     manifest["format_version"] = 2
     (old / "manifest.json").write_text(json.dumps(manifest))
     model = gemma3n_rt.load(str(old), context=64)
-    assert model.bundle.quant.head_rescore == 0
+    assert model.bundle.quant.head_rescore == 0 and model.bundle.quant.kv_cache == "fp32"
     assert model.generate_ids([2, 10, 11], 4, temperature=0) == \
         gemma3n_rt.load(str(bundle), context=64).generate_ids([2, 10, 11], 4, temperature=0)
 
