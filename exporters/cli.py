@@ -8,11 +8,12 @@ import resource
 import sys
 import time
 
+from gemma3n_rt.config import KV_CACHES
 from gemma3n_rt.errors import Gemma3nError
 from gemma3n_rt.flags import FlagParser
 from .audio import QUANT_MODES as AUDIO_QUANT_MODES
 from .calibrate import CALIBRATION_TEXT
-from .export import KV_CACHE_DTYPES, QUANT_MODES, TABLE_DTYPES, export
+from .export import QUANT_MODES, TABLE_DTYPES, export
 from .quantize import DEFAULT_RECIPE
 from .vision import DEFAULT_VISION_QUANT, VISION_QUANTS
 
@@ -47,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                    help="with calibration: int4 values rounded column by column, each column's error carried "
                         "into the next ones as the calibration text's activations weigh them (GPTQ); "
                         "--no-gptq: rounded to nearest (faster export)")
-    p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default=None,
+    p.add_argument("--kv-cache", choices=KV_CACHES, default=None,
                    help="the KV caches' dtype (default fp16, half the memory of fp32; with --quant fp32, fp32)")
     p.add_argument("--prefill-int8", action="store_true",
                    help="int4/int8: prompts run the attention and FFN linears as int8 x int8 matmuls on int8 "

@@ -11,10 +11,9 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from gemma3n_rt.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, SMALL_FILE, sha256_file, spot_sha256
-from gemma3n_rt.config import SliceSpec
+from gemma3n_rt.config import KV_CACHES, SliceSpec
 from gemma3n_rt.decoder import DEFAULT_CHUNK
 from gemma3n_rt.errors import Gemma3nError
-from gemma3n_rt.kvcache import DTYPES as KV_DTYPES
 from gemma3n_rt.planner import ledger
 from gemma3n_rt.prompt import SpecialTokens
 from gemma3n_rt.tokenizer import Tokenizer
@@ -31,7 +30,6 @@ from .writer import WeightStore, write_graph, write_row_table
 
 QUANT_MODES = ("int4", "int8", "fp32")
 TABLE_DTYPES = ("int8", "fp16", "fp32")
-KV_CACHE_DTYPES = tuple(KV_DTYPES)
 
 
 def open_checkpoint(path: str) -> TensorSource:
@@ -95,8 +93,8 @@ def export(checkpoint_dir: str, out_dir: str, quant: str = "int4", tables: str =
     if recipe.head_rescore < 0:
         raise Gemma3nError(f"--head-rescore must be 0 or more, got {recipe.head_rescore}")
     kv_cache = kv_cache or ("fp32" if quant == "fp32" else "fp16")
-    if kv_cache not in KV_CACHE_DTYPES:
-        raise Gemma3nError(f"--kv-cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
+    if kv_cache not in KV_CACHES:
+        raise Gemma3nError(f"--kv-cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
     if tables not in TABLE_DTYPES:
         raise Gemma3nError(f"--tables must be one of {', '.join(TABLE_DTYPES)}, got {tables!r}")
     out_dir = os.path.abspath(os.path.expanduser(out_dir))

@@ -299,7 +299,7 @@ def test_head_and_int8_linears_have_their_own_block_sizes(export_tiny):
 def test_fp16_kv_cache(export_tiny):
     """--kv-cache fp16: the caches hold float16, half the memory; K and V are rounded before any
     position reads them, so a prompt cut into other chunks reads the same values. Measured here:
-    relative error to the reference 1.5e-3 (fp32 caches: under 1e-4), chunks of 3 against 17
+    relative error to the reference 1.4e-3 (fp32 caches: under 1e-4), chunks of 3 against 17
     1.2e-4 (float32 arithmetic in other orders)."""
     ref, bundle = export_tiny(0, kv_cache="fp16")
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -321,9 +321,9 @@ def test_fp16_kv_cache_keeps_quality(export_tiny):
     """Quantized exports default to fp16 caches. Teacher-forced against fp32 weights and caches,
     int8 weights with fp16 caches are as close as with fp32 caches. Measured: agreement 1.000
     both, mean KL 0.00183 against 0.00202."""
-    _, bundle = export_tiny(0, "int8", tables="int8", embed_std=1.0)
+    _, bundle = export_tiny(0, "int8", tables="int8", embed_std=1.0)     # the bundles agreement_and_kl reads
     assert json.loads((bundle / "manifest.json").read_text())["quantization"]["kv_cache"] == "fp16"
-    agree16, kls16 = agreement_and_kl(export_tiny, "int8", kv_cache="fp16")
+    agree16, kls16 = agreement_and_kl(export_tiny, "int8")
     agree32, kls32 = agreement_and_kl(export_tiny, "int8", kv_cache="fp32")
     print(f"int8 with fp16 / fp32 caches: greedy agreement {np.mean(agree16):.3f} / {np.mean(agree32):.3f}, "
           f"mean KL {np.mean(kls16):.5f} / {np.mean(kls32):.5f}")
