@@ -1,5 +1,9 @@
 """Run a process inside a memory cgroup (page cache counts against the limit), where the machine
-allows it: root and a cgroup v1 memory controller or a cgroup v2 hierarchy with `memory` enabled."""
+allows it: root and a cgroup v1 memory controller or a cgroup v2 hierarchy with `memory` enabled.
+
+A cached page is charged to the cgroup that first read it, and stays charged there: a process put in
+a fresh cgroup while its files are still cached from earlier runs reads them free of the limit.
+`drop_page_cache` evicts them first, so that the capped process pays for every page it reads."""
 from __future__ import annotations
 
 import os
@@ -47,3 +51,15 @@ class MemoryCap:
             os.rmdir(self.dir)
         except OSError:
             pass
+
+
+def drop_page_cache(path: str) -> None:
+    """Evict the file `path`, or every file under the folder `path`, from the page cache."""
+    names = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+    for name in names:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)           # a dirty page is not evicted
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

@@ -20,6 +20,22 @@ def prompt_ids(n: int, seed: int = 0) -> list[int]:
     return [2] + np.random.default_rng(seed).integers(3, PLE_ROWS, n - 1).tolist()
 
 
+def touched_bytes(step) -> int | None:
+    """Memory the process touches while `step()` runs: the kernel's accessed bits are cleared
+    (/proc/self/clear_refs), then summed over every mapping (smaps_rollup's Referenced), file-backed
+    and anonymous alike: the bytes a decode step really reads, in whatever layout the runtime keeps
+    its weights. None where the kernel has no such files."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("1")
+    except OSError:
+        step()
+        return None
+    step()
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Referenced:"))
+
+
 def run_ours(path: str, ids: list[int], decode: int, threads: int, context: int, ple_in_ram: bool,
              effective: str | None = None) -> dict:
     import gemma3n_rt
@@ -31,14 +47,15 @@ def run_ours(path: str, ids: list[int], decode: int, threads: int, context: int,
     from gemma3n_rt.prompt import PreparedPrompt
     ready = time.perf_counter()
     # greedy through the API's own loop: the first token comes from the prefill's logits
-    tokens = model.generate_tokens(PreparedPrompt(ids), decode + 1, stop_ids=(), temperature=0)
+    # (one more step after the timed ones, for touched_bytes)
+    tokens = model.generate_tokens(PreparedPrompt(ids), decode + 2, stop_ids=(), temperature=0)
     next(tokens)
     first = time.perf_counter()
-    for _ in tokens:
-        pass
+    for _ in range(decode):
+        next(tokens)
     done = time.perf_counter()
     return {"load_s": ready - t0, "ttft_s": first - ready, "decode_s": done - first, "events": {
-        "ready": ready, "first_token": first, "done": done}}
+        "ready": ready, "first_token": first, "done": done}, "step_touched_bytes": touched_bytes(lambda: next(tokens))}
 
 
 def run_llama(path: str, ids: list[int], decode: int, threads: int, context: int) -> dict:
@@ -58,8 +75,12 @@ def run_llama(path: str, ids: list[int], decode: int, threads: int, context: int
         llm.eval([token])
         token = int(np.argmax(last_logits()))
     done = time.perf_counter()
+
+    def step():
+        llm.eval([token])
+        np.argmax(last_logits())
     return {"load_s": ready - t0, "ttft_s": first - ready, "decode_s": done - first, "events": {
-        "ready": ready, "first_token": first, "done": done}}
+        "ready": ready, "first_token": first, "done": done}, "step_touched_bytes": touched_bytes(step)}
 
 
 def main(argv=None) -> None:
