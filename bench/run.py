@@ -1,7 +1,7 @@
 """The benchmark: a synthetic checkpoint of a real shape (random weights, real tokenizer), exported
 and measured, optionally side by side with llama.cpp on the same weights, in one run.
 
-    python -m bench.run --shape e2b|e4b|gemma3-270m [--compare llama.cpp] [--cap 1.6GB]
+    python -m bench.run --shape e2b|e4b|gemma3-270m [--compare llama.cpp] [--cap 1.6GB[,2.2GB...]]
                         [--ple-in-ram] [--prefill-int8] [--quant int4|int8] [--threads 2] [--runs 2]
                         [--work DIR] [--out DIR]
     python -m bench.run --shape gemma3-270m --compare litert-lm --litert-model FILE.litertlm
@@ -221,16 +221,24 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
         per_token = touched or nbytes
         if entry["decode_tps"]:
             entry["bandwidth_fraction"] = entry["decode_tps"] * per_token / bandwidth if per_token else "n/a"
-        for key in ("capped", "ple_in_ram"):
-            if (rt, 512, key) in results:
-                r = best(results[(rt, 512, key)])
-                entry[key] = {k: r.get(k) for k in ("decode_tps", "prefill_tps", "load_s", "peak_anon", "peak_file", "failed")}
+        keep = ("decode_tps", "prefill_tps", "load_s", "peak_anon", "peak_file", "failed")
+        if (rt, 512, "ple_in_ram") in results:
+            r = best(results[(rt, 512, "ple_in_ram")])
+            entry["ple_in_ram"] = {k: r.get(k) for k in keep}
+        for (name, prompt, kind), runs in results.items():     # kind "capped 1.6GB": {"1.6GB": {...}}
+            if name == rt and kind.startswith("capped "):
+                r = best(runs)
+                entry.setdefault("capped", {})[kind[len("capped "):]] = {k: r.get(k) for k in keep}
         table[rt] = entry
     return table
 
 
-def capped_fraction(entry: dict) -> float | None:
-    capped, free = (entry.get("capped") or {}).get("decode_tps"), entry.get("decode_tps")
+def capped_tps(entry: dict, cap: str) -> float | None:
+    return (entry.get("capped") or {}).get(cap, {}).get("decode_tps")
+
+
+def capped_fraction(entry: dict, cap: str) -> float | None:
+    capped, free = capped_tps(entry, cap), entry.get("decode_tps")
     return capped / free if capped and free else None
 
 
@@ -271,10 +279,10 @@ def markdown(shape: str, table: dict, bandwidth: float, args, commit: str, promp
     row("weight bytes per decoded token, by the tensors' sizes (GiB)", "decode_bytes_per_token", scale=1 / GiB, higher_better=False)
     row("memory touched by one decode step, measured (GiB)", "step_touched_bytes", scale=1 / GiB, higher_better=False)
     row("fraction of measured memory bandwidth (decode tok/s x bytes touched per step)", "bandwidth_fraction")
-    if args.cap:
-        row(f"decode under a {args.cap} cgroup, page cache dropped first, 32 tokens after 512 (tok/s)", None,
-            get=lambda e: (e.get("capped") or {}).get("decode_tps"))
-        row(f"decode under a {args.cap} cgroup / uncapped", None, get=capped_fraction)
+    for cap in caps(args.cap):
+        row(f"decode under a {cap} cgroup, page cache dropped first, 32 tokens after 512 (tok/s)", None,
+            get=lambda e, cap=cap: capped_tps(e, cap))
+        row(f"decode under a {cap} cgroup / uncapped", None, get=lambda e, cap=cap: capped_fraction(e, cap))
     if args.ple_in_ram:
         row("ours with the PLE table in RAM: peak RssAnon (GiB)", None, scale=1 / GiB, higher_better=False,
             get=lambda e: (e.get("ple_in_ram") or {}).get("peak_anon"))
@@ -286,13 +294,20 @@ def markdown(shape: str, table: dict, bandwidth: float, args, commit: str, promp
         for k, v in table[rt].items():
             if k.startswith("failed"):
                 notes.append(f"{rt} {k}: {v}")
-        for key in ("capped", "ple_in_ram"):
-            if table[rt].get(key, {}).get("failed"):
-                notes.append(f"{rt} {key}: {table[rt][key]['failed']}")
+        if table[rt].get("ple_in_ram", {}).get("failed"):
+            notes.append(f"{rt} ple_in_ram: {table[rt]['ple_in_ram']['failed']}")
+        for cap, r in table[rt].get("capped", {}).items():
+            if r.get("failed"):
+                notes.append(f"{rt} under {cap}: {r['failed']}")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def plot(path: str, shape: str, results: dict, cap: int | None, decode: int) -> None:
+def caps(text: str | None) -> list[str]:
+    """'1.6GB,2.2GB' -> ['1.6GB', '2.2GB']."""
+    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+
+def plot(path: str, shape: str, results: dict, caps: list[int], decode: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -311,8 +326,8 @@ def plot(path: str, shape: str, results: dict, cap: int | None, decode: int) -> 
         for name in ("ready", "first_token"):
             if name in ev:
                 ax.axvline(ev[name], color=c, alpha=0.25, linewidth=0.8)
-    if cap:
-        ax.axhline(cap / GiB, color="black", linestyle="--", linewidth=0.8, label="--cap")
+    for i, cap in enumerate(caps):
+        ax.axhline(cap / GiB, color="black", linestyle="--", linewidth=0.8, label="--cap" if i == 0 else None)
     ax.set_xlabel("seconds since the process started (thin lines: ready, first token)")
     ax.set_ylabel("GiB resident")
     weights = "real weights" if shape == "gemma3-270m" else "synthetic weights"
@@ -331,7 +346,7 @@ def main(argv=None) -> None:
     p.add_argument("--litert-model", help="with --compare litert-lm: the .litertlm of the same weights")
     p.add_argument("--litert-python", default=sys.executable, help="a Python with litert-lm installed")
     p.add_argument("--quant", choices=("int4", "int8"), default="int4", help="ours: the decoder's weights (default int4)")
-    p.add_argument("--cap", help="also decode inside a memory cgroup of this size, e.g. 1.6GB")
+    p.add_argument("--cap", help="also decode inside a memory cgroup of this size, e.g. 1.6GB, or of each of several: 1.6GB,2.2GB")
     p.add_argument("--ple-in-ram", action="store_true", help="also run ours with the PLE table read into memory")
     p.add_argument("--prefill-int8", action="store_true",
                    help="export ours with gemma3n-export --prefill-int8 (int8 matmuls for prompts)")
@@ -345,7 +360,7 @@ def main(argv=None) -> None:
     prompts = tuple(int(x) for x in a.prompts.split(","))
     if 512 not in prompts:
         p.error("--prompts must include 512")
-    cap_bytes = parse_bytes(a.cap, "--cap") if a.cap else None
+    cap_bytes = {c: parse_bytes(c, "--cap") for c in caps(a.cap)}
     if a.ple_in_ram and a.shape == "gemma3-270m":
         p.error("--ple-in-ram: Gemma 3 has no PLE table")
     # made on first need: once the bundle and the GGUF exist, the checkpoint may be deleted
@@ -364,10 +379,10 @@ def main(argv=None) -> None:
     for rt, path in runtimes.items():      # warm the page cache once; not counted
         measure(rt, path, 16, a.threads, decode=2)
     results: dict[tuple, list] = {}
-    cap = None
-    if cap_bytes:
-        cap = MemoryCap(f"gemma3n-bench-{os.getpid()}", cap_bytes)
+    cgroups = {}     # made before the first run, so that a machine without them fails at once
     try:
+        for i, (name, limit) in enumerate(cap_bytes.items()):
+            cgroups[name] = MemoryCap(f"gemma3n-bench-{os.getpid()}-{i}", limit)
         for rep in range(a.runs):
             for prompt in prompts:
                 for rt, path in runtimes.items():
@@ -384,13 +399,15 @@ def main(argv=None) -> None:
                     print(f"[{rep}] ours PLE in RAM: " + (r.get("failed") or
                           f"decode {r['decode_tps']:.2f} tok/s, peak anon {r['peak_anon'] / GiB:.2f} GiB"), file=sys.stderr)
         # last: a capped run starts from a cold page cache and leaves at most the cap's worth cached
-        for rep in range(a.runs if cap else 0):
-            for rt, path in runtimes.items():
-                r = measure(rt, path, 512, a.threads, cap=cap, decode=32)
-                results.setdefault((rt, 512, "capped"), []).append(r)
-                print(f"[{rep}] {rt} capped: " + (r.get("failed") or f"decode {r['decode_tps']:.2f} tok/s"), file=sys.stderr)
+        for name, cap in cgroups.items():
+            for rep in range(a.runs):
+                for rt, path in runtimes.items():
+                    r = measure(rt, path, 512, a.threads, cap=cap, decode=32)
+                    results.setdefault((rt, 512, f"capped {name}"), []).append(r)
+                    print(f"[{rep}] {rt} under {name}: " + (r.get("failed") or f"decode {r['decode_tps']:.2f} tok/s"),
+                          file=sys.stderr)
     finally:
-        if cap:
+        for cap in cgroups.values():
             cap.close()
     table = summarize(results, runtimes, bandwidth, prompts)
     md = markdown(a.shape, table, bandwidth, a, commit, prompts)
@@ -399,12 +416,12 @@ def main(argv=None) -> None:
     with open(base + ".json", "w") as f:
         json.dump({"shape": a.shape, "commit": commit, "threads": a.threads, "runs": a.runs, "decode": a.decode,
                    "prompts": prompts, "bandwidth": bandwidth,
-                   "cap": cap_bytes, "table": table,
+                   "caps": cap_bytes, "table": table,
                    "measurements": [dict(r, kind=k[2]) for k, rs in results.items() for r in rs]}, f)
     with open(base + ".md", "w") as f:
         f.write(md)
     try:
-        plot(base + ".png", a.shape, results, cap_bytes, a.decode)
+        plot(base + ".png", a.shape, results, list(cap_bytes.values()), a.decode)
     except ModuleNotFoundError:
         print("matplotlib not installed (pip install '.[bench]'): no plot", file=sys.stderr)
     print(md)
