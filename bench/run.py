@@ -150,7 +150,7 @@ def measure(runtime: str, path: str, prompt: int, threads: int, cap=None, ple_in
     if cap and runtime == "ours":
         with open(os.path.join(path, "manifest.json")) as f:
             cmd += ["--effective", json.load(f)["slices"][0]["name"]]
-    if cap and runtime != "litert-lm":
+    if cap and runtime != "litert-lm":   # (LiteRT-LM also reads a weight cache of its own, elsewhere)
         drop_page_cache(path)      # else the pages read before stay charged elsewhere (bench/cgroup.py)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -225,7 +225,7 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
         if (rt, 512, "ple_in_ram") in results:
             r = best(results[(rt, 512, "ple_in_ram")])
             entry["ple_in_ram"] = {k: r.get(k) for k in keep}
-        for (name, prompt, kind), runs in results.items():     # kind "capped 1.6GB": {"1.6GB": {...}}
+        for (name, _, kind), runs in results.items():     # kind "capped 1.6GB": {"1.6GB": {...}}
             if name == rt and kind.startswith("capped "):
                 r = best(runs)
                 entry.setdefault("capped", {})[kind[len("capped "):]] = {k: r.get(k) for k in keep}
@@ -307,7 +307,7 @@ def caps(text: str | None) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()] if text else []
 
 
-def plot(path: str, shape: str, results: dict, caps: list[int], decode: int) -> None:
+def plot(path: str, shape: str, results: dict, limits: list[int], decode: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -326,8 +326,8 @@ def plot(path: str, shape: str, results: dict, caps: list[int], decode: int) -> 
         for name in ("ready", "first_token"):
             if name in ev:
                 ax.axvline(ev[name], color=c, alpha=0.25, linewidth=0.8)
-    for i, cap in enumerate(caps):
-        ax.axhline(cap / GiB, color="black", linestyle="--", linewidth=0.8, label="--cap" if i == 0 else None)
+    for i, limit in enumerate(limits):
+        ax.axhline(limit / GiB, color="black", linestyle="--", linewidth=0.8, label="--cap" if i == 0 else None)
     ax.set_xlabel("seconds since the process started (thin lines: ready, first token)")
     ax.set_ylabel("GiB resident")
     weights = "real weights" if shape == "gemma3-270m" else "synthetic weights"

@@ -24,12 +24,11 @@ def touched_bytes(step) -> int | None:
     """Memory the process touches while `step()` runs: the kernel's accessed bits are cleared
     (/proc/self/clear_refs), then summed over every mapping (smaps_rollup's Referenced), file-backed
     and anonymous alike: the bytes a decode step really reads, in whatever layout the runtime keeps
-    its weights. None where the kernel has no such files."""
+    its weights. None (and `step` not run) where the kernel has no such files."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("1")
     except OSError:
-        step()
         return None
     step()
     with open("/proc/self/smaps_rollup") as f:
