@@ -2,7 +2,7 @@
 and measured, optionally side by side with llama.cpp on the same weights, in one run.
 
     python -m bench.run --shape e2b|e4b|gemma3-270m [--compare llama.cpp] [--cap 1.6GB[,2.2GB...]]
-                        [--ple-in-ram] [--prefill-int8] [--quant int4|int8] [--threads 2] [--runs 2]
+                        [--mlock] [--ple-in-ram] [--prefill-int8] [--quant int4|int8] [--threads 2] [--runs 2]
                         [--work DIR] [--out DIR]
     python -m bench.run --shape gemma3-270m --compare litert-lm --litert-model FILE.litertlm
                         [--litert-python PYTHON]
@@ -36,6 +36,7 @@ from gemma3n_rt.memory import parse_bytes  # noqa: E402
 
 PROMPTS = (128, 512, 2048)
 DECODE = 128
+CAPPED_TIMEOUT_S = 900
 GiB = 1 << 30
 
 
@@ -139,14 +140,15 @@ LITERT_PYTHON = sys.executable   # --litert-python: where litert-lm is installed
 
 
 def measure(runtime: str, path: str, prompt: int, threads: int, cap=None, ple_in_ram: bool = False,
-            decode: int = DECODE) -> dict:
+            decode: int = DECODE, mlock: bool = False) -> dict:
     """One fresh worker process; its result plus the RSS trace [(seconds, anon, file)]. Under a
     cap, ours runs its full slice by name: the planner would (rightly) refuse it otherwise."""
     args = [path, "--prompt", str(prompt), "--decode", str(decode), "--threads", str(threads)]
     if runtime == "litert-lm":
         cmd = [LITERT_PYTHON, "-m", "bench.litert_worker", *args]
     else:
-        cmd = [sys.executable, "-m", "bench.worker", runtime, *args] + (["--ple-in-ram"] if ple_in_ram else [])
+        cmd = [sys.executable, "-m", "bench.worker", runtime, *args] + (["--ple-in-ram"] if ple_in_ram else []) \
+            + (["--mlock"] if mlock else [])
     if cap and runtime == "ours":
         with open(os.path.join(path, "manifest.json")) as f:
             cmd += ["--effective", json.load(f)["slices"][0]["name"]]
@@ -160,6 +162,10 @@ def measure(runtime: str, path: str, prompt: int, threads: int, cap=None, ple_in
         r = _rss(proc.pid)
         if r:
             trace.append((time.perf_counter() - t0, *r))
+        if cap and time.perf_counter() - t0 > CAPPED_TIMEOUT_S:    # thrashing, neither running nor killed
+            proc.kill()
+            proc.communicate()
+            return {"runtime": runtime, "prompt": prompt, "failed": f"stopped after {CAPPED_TIMEOUT_S} s", "trace": trace}
         time.sleep(0.02)
     out, err = proc.communicate()
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
@@ -233,6 +239,11 @@ def summarize(results: dict, runtimes: dict, bandwidth: float, prompts) -> dict:
     return table
 
 
+def capped_kind(cap: str, mlock: bool) -> str:
+    """A capped measurement's kind: 'capped 2.5GB', or 'capped 2.5GB mlock' with the weights locked."""
+    return f"capped {cap}" + (" mlock" if mlock else "")
+
+
 def capped_tps(entry: dict, cap: str) -> float | None:
     return (entry.get("capped") or {}).get(cap, {}).get("decode_tps")
 
@@ -280,9 +291,11 @@ def markdown(shape: str, table: dict, bandwidth: float, args, commit: str, promp
     row("memory touched by one decode step, measured (GiB)", "step_touched_bytes", scale=1 / GiB, higher_better=False)
     row("fraction of measured memory bandwidth (decode tok/s x bytes touched per step)", "bandwidth_fraction")
     for cap in caps(args.cap):
-        row(f"decode under a {cap} cgroup, page cache dropped first, 32 tokens after 512 (tok/s)", None,
-            get=lambda e, cap=cap: capped_tps(e, cap))
-        row(f"decode under a {cap} cgroup / uncapped", None, get=lambda e, cap=cap: capped_fraction(e, cap))
+        for mlock in (False, True) if args.mlock else (False,):
+            key, locked = capped_kind(cap, mlock)[len("capped "):], ", weights locked" if mlock else ""
+            row(f"decode under a {cap} cgroup{locked}, page cache dropped first, 32 tokens after 512 (tok/s)", None,
+                get=lambda e, key=key: capped_tps(e, key))
+            row(f"decode under a {cap} cgroup{locked} / uncapped", None, get=lambda e, key=key: capped_fraction(e, key))
     if args.ple_in_ram:
         row("ours with the PLE table in RAM: peak RssAnon (GiB)", None, scale=1 / GiB, higher_better=False,
             get=lambda e: (e.get("ple_in_ram") or {}).get("peak_anon"))
@@ -347,6 +360,8 @@ def main(argv=None) -> None:
     p.add_argument("--litert-python", default=sys.executable, help="a Python with litert-lm installed")
     p.add_argument("--quant", choices=("int4", "int8"), default="int4", help="ours: the decoder's weights (default int4)")
     p.add_argument("--cap", help="also decode inside a memory cgroup of this size, e.g. 1.6GB, or of each of several: 1.6GB,2.2GB")
+    p.add_argument("--mlock", action="store_true",
+                   help="with --cap: also decode under each cap with the weights locked (ours --mlock, llama.cpp use_mlock)")
     p.add_argument("--ple-in-ram", action="store_true", help="also run ours with the PLE table read into memory")
     p.add_argument("--prefill-int8", action="store_true",
                    help="export ours with gemma3n-export --prefill-int8 (int8 matmuls for prompts)")
@@ -361,6 +376,8 @@ def main(argv=None) -> None:
     if 512 not in prompts:
         p.error("--prompts must include 512")
     cap_bytes = {c: parse_bytes(c, "--cap") for c in caps(a.cap)}
+    if a.mlock and not cap_bytes:
+        p.error("--mlock goes with --cap")
     if a.ple_in_ram and a.shape == "gemma3-270m":
         p.error("--ple-in-ram: Gemma 3 has no PLE table")
     # made on first need: once the bundle and the GGUF exist, the checkpoint may be deleted
@@ -402,10 +419,12 @@ def main(argv=None) -> None:
         for name, cap in cgroups.items():
             for rep in range(a.runs):
                 for rt, path in runtimes.items():
-                    r = measure(rt, path, 512, a.threads, cap=cap, decode=32)
-                    results.setdefault((rt, 512, f"capped {name}"), []).append(r)
-                    print(f"[{rep}] {rt} under {name}: " + (r.get("failed") or f"decode {r['decode_tps']:.2f} tok/s"),
-                          file=sys.stderr)
+                    for mlock in (False, True) if a.mlock and rt != "litert-lm" else (False,):
+                        r = measure(rt, path, 512, a.threads, cap=cap, decode=32, mlock=mlock)
+                        kind = capped_kind(name, mlock)
+                        results.setdefault((rt, 512, kind), []).append(r)
+                        print(f"[{rep}] {rt} {kind}: " + (r.get("failed") or f"decode {r['decode_tps']:.2f} tok/s"),
+                              file=sys.stderr)
     finally:
         for cap in cgroups.values():
             cap.close()

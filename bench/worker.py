@@ -1,8 +1,8 @@
 """One measurement in a fresh process (bench/run.py starts it): load, prefill a prompt, decode
 greedily, and print one JSON line of timings. The parent samples this process's RSS meanwhile.
 
-    python -m bench.worker ours BUNDLE --prompt 512 --decode 128 --threads 2 [--ple-in-ram]
-    python -m bench.worker llama.cpp FILE.gguf --prompt 512 --decode 128 --threads 2
+    python -m bench.worker ours BUNDLE --prompt 512 --decode 128 --threads 2 [--ple-in-ram] [--mlock]
+    python -m bench.worker llama.cpp FILE.gguf --prompt 512 --decode 128 --threads 2 [--mlock]
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ def touched_bytes(step) -> int | None:
 
 
 def run_ours(path: str, ids: list[int], decode: int, threads: int, context: int, ple_in_ram: bool,
-             effective: str | None = None) -> dict:
+             effective: str | None = None, mlock: bool = False) -> dict:
     import gemma3n_rt
     t0 = time.perf_counter()
-    model = gemma3n_rt.load(path, effective=effective, threads=threads, context=context)
+    model = gemma3n_rt.load(path, effective=effective, threads=threads, context=context, lock_weights=mlock)
     if ple_in_ram:
         from bench.ram_table import InRamRowTable
         model.embedder.ple = InRamRowTable(model.embedder.ple.path)
@@ -57,11 +57,11 @@ def run_ours(path: str, ids: list[int], decode: int, threads: int, context: int,
         "ready": ready, "first_token": first, "done": done}, "step_touched_bytes": touched_bytes(lambda: next(tokens))}
 
 
-def run_llama(path: str, ids: list[int], decode: int, threads: int, context: int) -> dict:
+def run_llama(path: str, ids: list[int], decode: int, threads: int, context: int, mlock: bool = False) -> dict:
     import llama_cpp
     t0 = time.perf_counter()
     llm = llama_cpp.Llama(path, n_ctx=context, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                          n_ubatch=512, verbose=False)
+                          n_ubatch=512, use_mlock=mlock, verbose=False)
     ready = time.perf_counter()
     vocab = llm.n_vocab()
 
@@ -91,14 +91,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--context", type=int, default=4096)
     p.add_argument("--ple-in-ram", action="store_true")
+    p.add_argument("--mlock", action="store_true", help="lock the weights in memory (ours: lock_weights; llama.cpp: use_mlock)")
     p.add_argument("--effective", help="ours: this slice, whatever the free memory (the planner would refuse under --cap)")
     a = p.parse_args(argv)
     start = time.perf_counter()
     ids = prompt_ids(a.prompt)
     if a.runtime == "ours":
-        r = run_ours(a.path, ids, a.decode, a.threads, a.context, a.ple_in_ram, a.effective)
+        r = run_ours(a.path, ids, a.decode, a.threads, a.context, a.ple_in_ram, a.effective, a.mlock)
     else:
-        r = run_llama(a.path, ids, a.decode, a.threads, a.context)
+        r = run_llama(a.path, ids, a.decode, a.threads, a.context, a.mlock)
     r["events"] = {k: v - start for k, v in r["events"].items()}
     r.update(prompt=a.prompt, decode=a.decode, prefill_tps=a.prompt / r["ttft_s"], decode_tps=a.decode / r["decode_s"])
     print("RESULT " + json.dumps(r), flush=True)

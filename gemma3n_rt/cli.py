@@ -81,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=_int_at_least(1),
                    help=f"tokens (default: {DEFAULT_CONTEXT}, or the model's maximum if smaller)")
     p.add_argument("--threads", type=_threads, help="CPU threads (default: one per core)")
+    p.add_argument("--mlock", action="store_true",
+                   help="lock the weights a decode step reads in memory, so a memory limit near the model's size "
+                        "doesn't slow decode (refused where they don't fit)")
     p.add_argument("--raw", action="store_true", help="plain completion of the prompt, no chat template")
     p.add_argument("--interactive", "-i", action="store_true", help="chat in a loop (empty line or Ctrl-D ends)")
     p.add_argument("--stats", action="store_true", help="print speed and memory figures to stderr")
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
         with notes_to_stderr():
             model = load(args.model, args.effective, args.memory_budget, args.threads, args.context,
                          modalities=modalities(args), windowing=args.windowing, max_crops=args.max_crops,
-                         max_clips=args.max_clips)
+                         max_clips=args.max_clips, lock_weights=args.mlock)
         if args.interactive:
             return chat_loop(model, args, sampling)
         show(model.stream(args.prompt, args.max_new_tokens, chat=not args.raw, images=args.image, audio=args.audio,
@@ -214,7 +217,8 @@ def show(pieces, model, stats: bool) -> None:
     sys.stdout.flush()
     if stats:
         encoded = f"encoding images/audio {model.media.seconds:.2f} s | " if model.media.seconds else ""
-        print(f"[{model.slice}, context {model.context}] {encoded}{model.last_stats.summary()}", file=sys.stderr)
+        locked = f", {model.decoder.locked_bytes / 2**30:.2f} GiB locked" if model.decoder.locked_bytes else ""
+        print(f"[{model.slice}, context {model.context}{locked}] {encoded}{model.last_stats.summary()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

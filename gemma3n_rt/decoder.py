@@ -14,15 +14,20 @@ from .config import SliceSpec
 from .errors import Gemma3nError
 from .head import HeadRescore
 from .kvcache import DTYPES, KVCache
+from .planner import ledger, memory_limit
+from .residency import lock, touched_mappings
 from .rowtable import RowTable
-from .sessions import create_session
+from .sessions import create_session, prepacked_dir
 
 DEFAULT_CHUNK = 256
+# what a process with locked weights keeps free for the rest: code pages, row reads, the tokenizer
+LOCK_RESERVE = 64 << 20
+ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
 class TextDecoder:
     def __init__(self, bundle: Bundle, spec: SliceSpec, context: int, threads: int | None = None,
-                 chunk: int = DEFAULT_CHUNK):
+                 chunk: int = DEFAULT_CHUNK, lock_weights: bool = False):
         cfg = bundle.text
         if not 1 <= context <= cfg.max_position_embeddings:
             raise Gemma3nError(f"context must be between 1 and {cfg.max_position_embeddings}, got {context}")
@@ -41,6 +46,38 @@ class TextDecoder:
             raise Gemma3nError(f"{bundle.file(spec.graph)}: the manifest asks to recompute the head's top {k!r} "
                                "logits, but the graph has no 'hidden' output (or that is not a count)")
         self.rescore = HeadRescore(RowTable(bundle.file(bundle.tables.embed)), k, cfg.final_logit_softcapping) if k else None
+        self.lock_weights = lock_weights
+        self.locked_bytes = self._lock_decode_weights() if lock_weights else 0
+
+    def _lock_decode_weights(self) -> int:
+        """Lock in memory the prepacked weights one decode step reads (residency.py), after checking
+        that they and the rest of the slice fit the process's memory (a cgroup's limit, else the RAM):
+        locked pages past the limit would leave the process thrashing, neither running nor killed."""
+        graph = self.bundle.file(self.spec.graph)
+        touched = touched_mappings(self._scratch_step, prepacked_dir(graph))
+        if not touched:
+            raise Gemma3nError(f"{graph}: no prepacked copy of its weights is mapped (GEMMA3N_PREPACKED=0, a graph "
+                               "under 64 MiB, or a folder that can't be written), so there is nothing to lock")
+        total = sum(m.size for m in touched)
+        rest = ledger(self.cfg, self.spec, self.context, self.chunk, self.bundle.quant.decoder, mapped=True,
+                      kv_cache=self.bundle.quant.kv_cache).anon + LOCK_RESERVE
+        limit = memory_limit()
+        if limit is not None and total + rest > limit:
+            raise Gemma3nError(f"locking {self.spec.name}'s decode weights ({total / 2**30:.2f} GiB) would not leave "
+                               f"room for the rest at context {self.context} ({rest / 2**30:.2f} GiB) within this "
+                               f"process's {limit / 2**30:.2f} GiB (its memory cgroup's limit, or the RAM); "
+                               "run without locking, or with a smaller context or slice")
+        return lock(touched)
+
+    def _scratch_step(self) -> None:
+        """One decode step at position 0, before any token, on random activations (zeros would leave
+        no feature of a sparse FFN layer active, and its rows unread); its results are dropped."""
+        feeds, rng = self.cache.feeds(), np.random.default_rng(0)
+        for i in self.session.get_inputs():
+            if i.name not in feeds:
+                shape, dtype = [d if isinstance(d, int) else 1 for d in i.shape], ONNX_DTYPES[i.type]
+                feeds[i.name] = np.zeros(shape, dtype) if dtype == np.int64 else rng.standard_normal(shape).astype(dtype)
+        self.session.run(self.outputs, feeds)
 
     def close(self) -> None:
         """Release the session (its resident weights) now rather than at garbage collection."""

@@ -43,14 +43,16 @@ def default_bundle_path(path: str | os.PathLike | None = None) -> str:
 def load(path: str | os.PathLike | None = None, effective: str | None = None, memory_budget=None,
          threads: int | None = None, context: int | None = None, chunk: int = DEFAULT_CHUNK,
          modalities=None, keep_vision: bool = False, keep_audio: bool = False, windowing: bool = False,
-         max_crops: int = 4, max_clips: int = 8) -> "Model":
+         max_crops: int = 4, max_clips: int = 8, lock_weights: bool = False) -> "Model":
     """Open a bundle (default: $GEMMA3N_MODEL, else the demo) and the slice that fits.
 
     context: tokens (default the smaller of 4096 and the model's maximum). modalities: the inputs
     the memory plan reserves an encoder for ("image", "audio"; default: every encoder the bundle
     has). keep_vision / keep_audio keep an encoder loaded after use instead of releasing it.
     windowing: encode large or far-from-square images as the whole plus up to max_crops crops.
-    max_clips: audio longer than 30 s is split into 30 s clips, at most this many."""
+    max_clips: audio longer than 30 s is split into 30 s clips, at most this many. lock_weights: lock
+    in memory the weights a decode step reads (mlock), so that a memory limit near the model's size
+    doesn't make decode read them back from flash; refused where they and the rest don't fit."""
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a whole number >= 1 (or None for one per core), got {threads!r}")
     bundle = Bundle.open(default_bundle_path(path))
@@ -60,7 +62,7 @@ def load(path: str | os.PathLike | None = None, effective: str | None = None, me
         modalities = tuple(m for m, t in (("image", bundle.vision), ("audio", bundle.audio)) if t)
     spec = choose_slice(bundle, effective, memory_budget, context, chunk, modalities)
     media = MediaEncoders(bundle, threads, keep_vision, keep_audio, windowing, max_crops, max_clips)
-    return Model(bundle, TextDecoder(bundle, spec, context, threads, chunk), media)
+    return Model(bundle, TextDecoder(bundle, spec, context, threads, chunk, lock_weights), media)
 
 
 class Model:
@@ -98,9 +100,9 @@ class Model:
             old = self.decoder
             old.close()
             try:
-                self.decoder = TextDecoder(self.bundle, spec, old.context, old.threads, old.chunk)
+                self.decoder = TextDecoder(self.bundle, spec, old.context, old.threads, old.chunk, old.lock_weights)
             except BaseException:
-                self.decoder = TextDecoder(self.bundle, old.spec, old.context, old.threads, old.chunk)
+                self.decoder = TextDecoder(self.bundle, old.spec, old.context, old.threads, old.chunk, old.lock_weights)
                 raise
 
     # -- prompts ---------------------------------------------------------------------------------

@@ -129,11 +129,10 @@ def _own_cgroups(proc_cgroup: str) -> dict[str, str]:
     return out
 
 
-def cgroup_headroom(cgroup_root: str = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> int | None:
-    """Bytes this process's memory cgroup still allows, the tightest over the cgroup and its
-    parents; None when there is no limit. Usage counts page cache, so its inactive file pages
-    (reclaimed before anything is killed) are given back. cgroup v2: memory.max, memory.current,
-    inactive_file in memory.stat; v1: memory.limit_in_bytes, memory.usage_in_bytes, total_inactive_file."""
+def _cgroup_levels(cgroup_root: str, proc_cgroup: str):
+    """(limit, usage, inactive file pages) of this process's memory cgroup and of each parent with a
+    limit. cgroup v2: memory.max, memory.current, inactive_file in memory.stat; v1:
+    memory.limit_in_bytes, memory.usage_in_bytes, total_inactive_file."""
     own = _own_cgroups(proc_cgroup)
     candidates = []
     if "memory" in own:
@@ -142,21 +141,35 @@ def cgroup_headroom(cgroup_root: str = CGROUP_ROOT, proc_cgroup: str = "/proc/se
     if "v2" in own:
         for base in (cgroup_root, os.path.join(cgroup_root, "unified")):
             candidates.append((base, own["v2"], "memory.max", "memory.current", "inactive_file"))
-    best = None
     for base, rel, limit_file, usage_file, inactive in candidates:
         rel = rel.strip("/")
-        while True:     # the cgroup and each parent up to the root: the tightest limit counts
+        while True:     # the cgroup and each parent up to the root
             d = os.path.join(base, rel) if rel else base
             limit = _read_first_int(os.path.join(d, limit_file))      # v2 "max" reads as None
             usage = _read_first_int(os.path.join(d, usage_file))
             if limit is not None and usage is not None and limit < NO_LIMIT:
-                usage -= _read_first_int(os.path.join(d, "memory.stat"), inactive + " ") or 0
-                room = max(limit - usage, 0)
-                best = room if best is None else min(best, room)
+                yield limit, usage, _read_first_int(os.path.join(d, "memory.stat"), inactive + " ") or 0
             if not rel:
                 break
             rel = os.path.dirname(rel)
-    return best
+
+
+def cgroup_headroom(cgroup_root: str = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's memory cgroup still allows, the tightest over the cgroup and its
+    parents; None when there is no limit. Usage counts page cache, so its inactive file pages
+    (reclaimed before anything is killed) are given back."""
+    rooms = [max(limit - usage + inactive, 0) for limit, usage, inactive in _cgroup_levels(cgroup_root, proc_cgroup)]
+    return min(rooms, default=None)
+
+
+def memory_limit(meminfo: str = "/proc/meminfo", cgroup_root: str = CGROUP_ROOT,
+                 proc_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """The most memory this process can hold: the tightest memory cgroup limit, else the RAM; None
+    when neither can be read."""
+    kib = _read_first_int(meminfo, "MemTotal:")
+    values = [limit for limit, _, _ in _cgroup_levels(cgroup_root, proc_cgroup)]
+    values += [kib * 1024] if kib is not None else []
+    return min(values, default=None)
 
 
 def available_memory(meminfo: str = "/proc/meminfo", cgroup_root: str = CGROUP_ROOT,

@@ -70,3 +70,14 @@ def test_usage_above_limit_is_zero_room_and_unreadable_is_unknown(tmp_path):
     write(tmp_path / "sys/app/memory.current", f"{2 * GiB}\n")
     assert available_memory(**paths) == 0
     assert available_memory(str(tmp_path / "none"), str(tmp_path / "none"), str(tmp_path / "none")) is None
+
+
+def test_memory_limit_is_the_tightest_cgroup_limit_else_the_ram(tmp_path):
+    from gemma3n_rt.planner import memory_limit
+    paths = fake(tmp_path, cgroup="4:memory:/phone/app\n")
+    assert memory_limit(**paths) == 24000000 * 1024          # no cgroup files: MemTotal
+    write(tmp_path / "sys/memory/phone/memory.limit_in_bytes", str(3 * GiB))
+    write(tmp_path / "sys/memory/phone/memory.usage_in_bytes", str(2 * GiB))
+    write(tmp_path / "sys/memory/phone/app/memory.limit_in_bytes", str(4 * GiB))
+    write(tmp_path / "sys/memory/phone/app/memory.usage_in_bytes", str(GiB))
+    assert memory_limit(**paths) == 3 * GiB                   # the parent's, whatever the usage

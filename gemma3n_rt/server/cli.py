@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8080, help="default 8080 (0: any free port)")
     p.add_argument("--context", type=_int_at_least(1), help="tokens (default: 4096, or the model's maximum if smaller)")
     p.add_argument("--threads", type=_int_at_least(1), help="CPU threads (default: one per core)")
+    p.add_argument("--mlock", action="store_true", help="lock the weights a decode step reads in memory (see gemma3n-run)")
     p.add_argument("--api-key", default=os.environ.get("GEMMA3N_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $GEMMA3N_API_KEY, else none)")
     return p
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)
-    engine = Engine(lambda: load(args.model, args.effective, args.memory_budget, args.threads, args.context))
+    engine = Engine(lambda: load(args.model, args.effective, args.memory_budget, args.threads, args.context,
+                             lock_weights=args.mlock))
     server = None
 
     def stop(error: BaseException) -> None:
