@@ -2,8 +2,9 @@
 
 A decoder's prepacked weights are a mapped file (sessions.py): page cache, which a memory cgroup
 near its limit reclaims and each decode step then reads back from flash (E2B inside 2.5 GB: 5.0
-against 12.4 tok/s uncapped). Locking them keeps decode at full speed wherever they fit, and
-costs a kill where they don't, as llama.cpp's --mlock does.
+against 12.4 tok/s uncapped). Locking them keeps decode at full speed wherever they fit; where
+they don't, the decoder refuses to lock (decoder.py), since locked pages past the limit leave the
+process thrashing, and llama.cpp's --mlock is killed.
 
 Only the mappings one decode step touches are locked: the dense weights and the sparse layers'
 row copies (each token gathers other rows), not the weights only prompts read (the sparse
