@@ -91,7 +91,7 @@ def _libc():
 def _mlock(libc, m: Mapping) -> int:
     """0, or the errno. MLOCK_ONFAULT locks the pages resident now and each other page as it is
     first read, without reading the rest in: E2B's 1.79 GiB locked in 0.08 s, against 3.0 s for
-    a plain mlock of the same resident pages."""
+    a plain mlock of the same mappings."""
     if hasattr(libc, "mlock2"):
         if libc.mlock2(m.start, m.size, MLOCK_ONFAULT) == 0:
             return 0
