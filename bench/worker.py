@@ -24,7 +24,8 @@ def touched_bytes(step) -> int | None:
     """Memory the process touches while `step()` runs: the kernel's accessed bits are cleared
     (/proc/self/clear_refs), then summed over every mapping (smaps_rollup's Referenced), file-backed
     and anonymous alike: the bytes a decode step really reads, in whatever layout the runtime keeps
-    its weights. None (and `step` not run) where the kernel has no such files."""
+    its weights. None (and `step` not run) where the kernel has no such files. (Not
+    gemma3n_rt.residency's: the llama.cpp worker must not load onnxruntime, whose memory it measures.)"""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("1")

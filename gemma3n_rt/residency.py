@@ -31,7 +31,6 @@ class Mapping:
     start: int
     end: int
     path: str
-    rss: int          # bytes resident now
     referenced: int   # bytes accessed since the accessed bits were cleared
 
     @property
@@ -40,12 +39,12 @@ class Mapping:
 
 
 def mappings(smaps: str = SMAPS) -> list[Mapping]:
-    """Every mapping of this process, with its resident and referenced bytes."""
+    """Every mapping of this process, with its referenced bytes."""
     out, head, fields = [], None, {}
 
     def close():
         if head is not None:
-            out.append(Mapping(head[0], head[1], head[2], fields.get("Rss", 0), fields.get("Referenced", 0)))
+            out.append(Mapping(head[0], head[1], head[2], fields.get("Referenced", 0)))
 
     with open(smaps) as f:
         for line in f:
