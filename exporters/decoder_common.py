@@ -11,7 +11,7 @@ import numpy as np
 
 from gemma3n_rt.config import FULL, SLIDING, CacheSpec
 from .checkpoint import Lazy
-from .onnx_graph import FLOAT, FLOAT16, INT64, Graph
+from .onnx_graph import FLOAT, FLOAT16, INT64, MS_DOMAIN, Graph
 
 NEG_INF = float(np.finfo(np.float32).min)
 
@@ -116,7 +116,9 @@ class DecoderGraph:
         float16 before any position reads them, so a chunk's positions read what later steps will
         (the logits do not depend on how a prompt was cut into chunks); the concatenated cache is
         transposed as float16 and only then widened to float32 (half the bytes through Concat and
-        Transpose)."""
+        Transpose). Keys stay [KV, S, Dh] like the values, a copy of whole Dh rows, and the scores
+        read them transposed (FusedMatMul transB): transposing every element to [KV, Dh, S] took
+        0.22 ms a layer at 513 cached positions (E2B, 2 threads), a tenth of a 2048-position step."""
         g, src = self.g, self.src
         H, KV, Dh = src.num_attention_heads, src.num_kv_heads, src.head_dim
         kind = src.layer_types[layer]
@@ -138,20 +140,18 @@ class DecoderGraph:
                 k, v = g.op("Cast", k, to=dtype), g.op("Cast", v, to=dtype)
             g.output(k, f"new_key.{c}", dtype, ["T", KV, Dh])
             g.output(v, f"new_value.{c}", dtype, ["T", KV, Dh])
-            keys = g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 2, 0])
+            keys = g.op("Transpose", g.op("Concat", past[c][0], k, axis=0), perm=[1, 0, 2])
             values = g.op("Transpose", g.op("Concat", past[c][1], v, axis=0), perm=[1, 0, 2])
             if dtype != FLOAT:
                 keys, values = g.op("Cast", keys, to=FLOAT), g.op("Cast", values, to=FLOAT)
             unsq = g.const([1], np.int64)
             keys, values = g.op("Unsqueeze", keys, unsq), g.op("Unsqueeze", values, unsq)
-            kv[c] = (keys, values)                                                          # [KV,1,Dh,S], [KV,1,S,Dh]
+            kv[c] = (keys, values)                                                          # [KV, 1, S, Dh] each
         keys, values = kv[c]
         # Query heads grouped by the KV head they read: head h uses KV head h // (H / KV).
         group = H // KV
         qg = g.op("Transpose", g.op("Reshape", q, g.const([0, KV, group, Dh], np.int64)), perm=[1, 2, 0, 3])
-        scores = g.op("MatMul", qg, keys)                                                   # [KV, G, T, S]
-        if scale != 1.0:
-            scores = g.op("Mul", scores, g.const(scale))
+        scores = g.op("FusedMatMul", qg, keys, domain=MS_DOMAIN, transB=1, alpha=scale)        # [KV, G, T, S]
         probs = g.op("Softmax", g.op("Add", scores, masks[kind]), axis=-1)
         out = g.op("MatMul", probs, values)                                                 # [KV, G, T, Dh]
         out = g.op("Reshape", g.op("Transpose", out, perm=[2, 0, 1, 3]), g.const([0, H * Dh], np.int64))
