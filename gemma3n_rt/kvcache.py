@@ -46,10 +46,15 @@ class KVCache:
         return len(self.held)
 
     def feeds(self) -> dict[str, np.ndarray]:
+        """The cached positions each cache's layers can still see: all of a full cache, the last
+        `window - 1` of a sliding one (the first new position's window; a sliding buffer holds up to
+        a chunk more until it slides back). The graph takes the positions fed as the ones just
+        before the new, so a shorter view needs no other input."""
         out = {}
         for c, n in enumerate(self.length):
-            out[f"past_key.{c}"] = self.keys[c][:n]
-            out[f"past_value.{c}"] = self.values[c][:n]
+            start = 0 if self.specs[c].type == FULL else max(0, n - self.keep)
+            out[f"past_key.{c}"] = self.keys[c][start:n]
+            out[f"past_value.{c}"] = self.values[c][start:n]
         return out
 
     def append(self, outputs: dict[str, np.ndarray], keys: list) -> None:

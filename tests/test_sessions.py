@@ -39,6 +39,21 @@ def test_truncate_keeps_what_a_prefix_needs():
     assert cache.truncate(0) and cache.held == []
 
 
+def test_feeds_give_a_sliding_cache_only_its_window():
+    """A sliding cache feeds its last window - 1 positions (the next position's window) though its
+    buffer holds up to a chunk more; a full cache feeds every position. fill() writes each position's
+    own index, so the values say which positions were fed."""
+    specs = (CacheSpec(SLIDING, 0), CacheSpec(FULL, 1))
+    cache = KVCache(specs, 1, 2, context=64, window=5, chunk=4)    # sliding keeps 4, holds 4 + 4
+    for n in range(1, 12):
+        fill(cache, [n])
+        feeds = cache.feeds()
+        for kind in ("key", "value"):
+            assert feeds[f"past_{kind}.0"][:, 0, 0].tolist() == list(range(max(0, n - 4), n))
+            assert feeds[f"past_{kind}.1"][:, 0, 0].tolist() == list(range(n))
+    assert cache.length == [7, 11]   # the sliding buffer holds more than it feeds
+
+
 KV_COMMIT_CHECK = """
 import numpy as np
 from gemma3n_rt.config import FULL, CacheSpec
