@@ -164,8 +164,8 @@ def cgroup_headroom(cgroup_root: str = CGROUP_ROOT, proc_cgroup: str = "/proc/se
 
 def memory_limit(meminfo: str = "/proc/meminfo", cgroup_root: str = CGROUP_ROOT,
                  proc_cgroup: str = "/proc/self/cgroup") -> int | None:
-    """The most memory this process can hold: the tightest memory cgroup limit, else the RAM; None
-    when neither can be read."""
+    """The most memory this process can hold: the smallest of its memory cgroups' limits and the
+    RAM; None when none can be read."""
     kib = _read_first_int(meminfo, "MemTotal:")
     values = [limit for limit, _, _ in _cgroup_levels(cgroup_root, proc_cgroup)]
     values += [kib * 1024] if kib is not None else []

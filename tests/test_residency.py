@@ -22,10 +22,6 @@ def can_lock(nbytes: int) -> bool:
     return os.geteuid() == 0 or hard == resource.RLIM_INFINITY or hard >= nbytes
 
 
-def smaps_field(m: residency.Mapping, field: str) -> int:
-    return next(getattr(x, field) for x in residency.mappings() if x.start == m.start)
-
-
 def locked_bytes(m: residency.Mapping) -> int:
     """smaps' Locked: for the mapping starting at m.start."""
     with open(residency.SMAPS) as f:
